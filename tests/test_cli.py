@@ -249,3 +249,9 @@ def test_synth_refuses_to_overwrite(capsys, tmp_path):
     code, _, err = run(capsys, *args)
     assert_one_line_error(code, err, "not empty")
     shutil.rmtree(tmp_path / "d")
+    code, _, err = run(capsys, *args, "--id-spread", "2")
+    assert_one_line_error(code, err, "id_spread must be at most 1")
+    code, _, err = run(capsys, *args, "--id-spread", "0.3")
+    assert code == 0, err
+    manifest = json.loads((tmp_path / "d" / "slider" / "synth_manifest.json").read_text())
+    assert manifest["settings"]["id_spread"] == 0.3

@@ -93,7 +93,7 @@ def test_builtin_detectors_separate_real_slider_anomalies(slider):
 def test_dcase2020_ae_architecture_matches_baseline():
     from soundwatch.detectors.dcase2020_ae import DenseAutoencoder
 
-    net = DenseAutoencoder(640)
+    net = DenseAutoencoder(128, 5)
     linear = [m for m in net.layers if m.__class__.__name__ == "Linear"]
     sizes = [linear[0].in_features] + [m.out_features for m in linear]
     assert sizes == [640, 128, 128, 128, 128, 8, 128, 128, 128, 128, 640]

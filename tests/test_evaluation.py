@@ -12,7 +12,13 @@ from sklearn.metrics import roc_auc_score
 
 from soundwatch.data.clips import Clip
 from soundwatch.errors import ConfigError
-from soundwatch.evaluation.metrics import IdResult, auc_pauc, evaluate_by_id, mean_scores
+from soundwatch.evaluation.metrics import (
+    IdResult,
+    auc_pauc,
+    evaluate_by_id,
+    evaluate_by_kind,
+    mean_scores,
+)
 from soundwatch.evaluation.submission import (
     format_table,
     write_anomaly_scores,
@@ -152,6 +158,20 @@ def test_evaluate_by_id_groups_sorts_and_skips():
     # ID 02: normal 0.2; anomaly 0.9, 0.1 -> one of two pairs -> AUC 1/2
     assert (r02.auc, r02.n_normal, r02.n_anomaly) == (0.5, 1, 2)
     assert r00.pauc == roc_auc_score([0, 0, 1], [0.1, 0.5, 0.3], max_fpr=0.1)
+
+
+def test_evaluate_by_kind_ranks_each_kind_against_the_normals():
+    clips, scores = _dev_clips()
+    kinds = [None, None, "click", None, "click", "hum", None, None]
+    by_kind = evaluate_by_kind(clips, scores, kinds)
+    assert list(by_kind) == ["click", "hum"]
+    # click: ID 00 ranks 0.3 against 0.1, 0.5 (1/2), ID 02 0.9 against 0.2 (1).
+    assert by_kind["click"]["auc"] == 0.75 and by_kind["click"]["n_anomaly"] == 2
+    # hum: only ID 02 has one, 0.1 below its normal 0.2; ID 00 has none and is skipped.
+    assert by_kind["hum"]["auc"] == 0.0 and by_kind["hum"]["n_anomaly"] == 1
+    assert evaluate_by_kind(clips, scores, [None] * len(clips)) == {}
+    with pytest.raises(ConfigError, match="anomaly kinds"):
+        evaluate_by_kind(clips, scores, kinds[:-1])
 
 
 def test_evaluate_by_id_reversed_order_same_result():

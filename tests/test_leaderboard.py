@@ -42,12 +42,14 @@ def test_rank_orders_by_auc_and_puts_failures_last():
             "mean_auc": 0.9,
             "mean_pauc": 0.5,
             "per_id": [{"id": "00", "auc": 0.9, "pauc": 0.5}],
+            "per_kind": {"click": {"auc": 0.8, "pauc": 0.6, "n_anomaly": 3}},
         },
     ]
     rows = rank(results)
     assert [r["detector"] for r in rows] == ["c", "a", "b"]
     assert [r["rank"] for r in rows] == [1, 2, 3]
     assert rows[0]["auc_id_00"] == 0.9
+    assert rows[0]["auc_kind_click"] == 0.8 and "auc_kind_click" not in rows[1]
 
 
 def test_bench_writes_three_leaderboard_files(capsys, slider_mini, tmp_path):

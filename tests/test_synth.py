@@ -9,12 +9,15 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from soundwatch.errors import ConfigError
+from soundwatch.data.datasets import discover
+from soundwatch.errors import ConfigError, DatasetError
+from soundwatch.evaluation.protocol import anomaly_kinds
 from soundwatch.synth import (
     ANOMALY_KINDS,
     MACHINES,
     MANIFEST_NAME,
     generate_dataset,
+    manifest_kinds,
     render_clip,
     sample_id_params,
 )
@@ -65,6 +68,27 @@ def test_layout_names_and_counts(small_set):
     assert (summary["n_train"], summary["n_test_normal"], summary["n_test_anomaly"]) == (4, 2, 4)
     assert summary["ids"] == ["00", "02"]
     assert all(re.fullmatch(r"(train|test)/(normal|anomaly)_id_\d\d_\d{8}\.wav", n) for n in names)
+
+
+def test_anomaly_kinds_come_from_the_manifest(small_set, tmp_path):
+    root, _ = small_set
+    manifest = json.loads((root / "slider" / "synth_manifest.json").read_text())
+    expected = {c["file"]: c["kind"] for c in manifest["clips"] if c["label"] == "anomaly"}
+    assert manifest_kinds(root / "slider") == expected
+    test = discover(root, "slider", split="test")
+    kinds = anomaly_kinds(test)
+    assert [k is None for k in kinds] == [not c.is_anomaly for c in test]
+    assert set(kinds) - {None} <= set(ANOMALY_KINDS["slider"])
+    # Real data has no manifest; a broken one is an error here and a warning in evaluate.
+    assert manifest_kinds(tmp_path) == {}
+    (tmp_path / "synth_manifest.json").write_text("{not json")
+    with pytest.raises(DatasetError, match="not a readable synth manifest"):
+        manifest_kinds(tmp_path)
+    (tmp_path / "test").mkdir()
+    clip = discover(root, "slider", split="test")[0]
+    moved = tmp_path / "test" / clip.path.name
+    moved.write_bytes(clip.path.read_bytes())
+    assert anomaly_kinds(discover(tmp_path, split="test")) == [None]
 
 
 def test_audio_format(small_set):
@@ -167,6 +191,29 @@ def test_every_anomaly_kind_renders_and_differs_from_normal(machine, kind):
     np.testing.assert_array_equal(zero, normal)
 
 
+@pytest.mark.parametrize("machine", sorted(ANOMALY_KINDS))
+def test_id_spread_draws_units_of_one_product(machine):
+    def flat(tree):
+        if isinstance(tree, dict):
+            return [x for key in sorted(tree) for x in flat(tree[key])]
+        if isinstance(tree, list):
+            return [x for item in tree for x in flat(item)]
+        return [tree]
+
+    # 1 is the default and leaves the independent draws (and so old data sets) unchanged.
+    assert sample_id_params(machine, "02", 3, id_spread=1.0) == sample_id_params(machine, "02", 3)
+    same = [sample_id_params(machine, mid, 3, id_spread=0.0) for mid in ("00", "02")]
+    assert same[0] == same[1]
+    for spread in (0.2, 0.6):
+        a, b = (sample_id_params(machine, mid, 3, id_spread=spread) for mid in ("00", "02"))
+        assert a != b and len(flat(a)) == len(flat(b))
+    # Closer units: every continuous parameter moves linearly towards the product's.
+    far = np.array(flat(sample_id_params(machine, "02", 3, id_spread=0.6)), dtype=float)
+    near = np.array(flat(sample_id_params(machine, "02", 3, id_spread=0.2)), dtype=float)
+    product = np.array(flat(same[1]), dtype=float)
+    np.testing.assert_allclose(near - product, (far - product) / 3, atol=1e-9)
+
+
 def test_render_clip_seed_and_length():
     params = sample_id_params("fan", "02")
     a = render_clip("fan", params, "normal", rng=5, duration=0.5, sample_rate=8000)
@@ -195,6 +242,8 @@ def test_bad_arguments_raise_config_error(tmp_path):
         generate_dataset(tmp_path, "slider", **dict(SMALL, n_train_per_id=-1))
     with pytest.raises(ConfigError, match="snr_db"):
         generate_dataset(tmp_path, "slider", snr_db=float("nan"), **SMALL)
+    with pytest.raises(ConfigError, match="id_spread must be at most 1"):
+        generate_dataset(tmp_path, "slider", id_spread=1.5, **SMALL)
     assert not (tmp_path / "slider").exists()  # nothing written before validation
 
 

@@ -83,6 +83,12 @@ def _print_table(result: dict) -> None:
     ]
     means = {k: result[k] for k in ("mean_auc", "mean_pauc", "hmean_auc", "hmean_pauc")}
     print(format_table(results, means))
+    per_kind = result.get("per_kind") or {}
+    if per_kind:
+        print(
+            "mean AUC per anomaly kind: "
+            + ", ".join(f"{kind} {entry['auc']:.4f}" for kind, entry in per_kind.items())
+        )
 
 
 # ------------------------------------------------------------------------- commands
@@ -130,6 +136,7 @@ def cmd_synth(args: argparse.Namespace) -> int:
         snr_db=args.snr,
         severity=args.severity,
         seed=args.seed,
+        id_spread=args.id_spread,
         workers=args.workers,
         overwrite=args.overwrite,
     )
@@ -377,6 +384,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--severity", type=float, default=1.0, help="anomaly strength (default 1; larger is easier)"
     )
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument(
+        "--id-spread",
+        type=float,
+        default=1.0,
+        help="how different the machine IDs are, 0-1: 1 (default) draws unrelated "
+        "machines in unrelated halls, smaller values units of one product in one hall",
+    )
     p.add_argument("--workers", type=int, default=1, help="parallel processes (default 1)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing data set")
     p.set_defaults(func=cmd_synth)

@@ -2,37 +2,29 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
-import numpy as np
 import torch
 from torch import nn
 
-from soundwatch.data.clips import Clip
-from soundwatch.detectors.base import Detector
-from soundwatch.detectors.frontend import LOGMEL_PARAMS, LogMelFrontend
-from soundwatch.detectors.neural import TRAIN_PARAMS, TorchDetectorMixin
+from soundwatch.detectors.frontend import LOGMEL_PARAMS
+from soundwatch.detectors.neural import TRAIN_PARAMS
 from soundwatch.detectors.params import Param
 from soundwatch.detectors.registry import register
-from soundwatch.detectors.windows import overlap_average
-from soundwatch.features.frames import FrameStore
-from soundwatch.features.scaling import Standardizer
-from soundwatch.training.loop import shuffled_batches
-
-SCORE_BATCH = 4096
+from soundwatch.detectors.windows import LogMelWindowDetector
 
 
 class DenseAutoencoder(nn.Module):
     """Dense autoencoder: Linear + BatchNorm + ReLU on every layer but the output.
 
-    Input and output have shape (batch, input_dim). BatchNorm uses Keras' momentum and
+    Input and output have shape (batch, context * n_features). BatchNorm uses Keras' momentum and
     epsilon, since the baseline was written in Keras.
     """
 
     def __init__(
-        self, input_dim: int, hidden: int = 128, bottleneck: int = 8, depth: int = 4
+        self, n_features: int, context: int, hidden: int = 128, bottleneck: int = 8, depth: int = 4
     ) -> None:
         super().__init__()
+        self.n_features = n_features
+        input_dim = n_features * context
         sizes = [input_dim] + [hidden] * depth + [bottleneck] + [hidden] * depth
         layers: list[nn.Module] = []
         for size_in, size_out in zip(sizes[:-1], sizes[1:], strict=True):
@@ -47,16 +39,15 @@ class DenseAutoencoder(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.layers(x)
 
-    def element_errors(self, batch: torch.Tensor) -> torch.Tensor:
-        """Squared reconstruction error of every input element, shape (batch, input_dim)."""
-        return (self(batch) - batch) ** 2
+    def window_errors(self, batch: torch.Tensor) -> torch.Tensor:
+        return torch.mean((self(batch) - batch) ** 2, dim=1)
 
     def loss(self, batch: torch.Tensor) -> torch.Tensor:
         return torch.mean((self(batch) - batch) ** 2)
 
 
 @register
-class DCASE2020Autoencoder(LogMelFrontend, TorchDetectorMixin, Detector):
+class DCASE2020Autoencoder(LogMelWindowDetector):
     """DCASE 2020 Task 2 baseline (Koizumi et al., 2020): dense autoencoder.
 
     Input: 5 consecutive log-mel frames (n_fft 1024, hop 512, 128 mels, 10·log10 power)
@@ -83,65 +74,12 @@ class DCASE2020Autoencoder(LogMelFrontend, TorchDetectorMixin, Detector):
         "standardize": Param(False, "standardise each mel band on training normals first"),
     }
 
-    def _features(self, clips: list[Clip]) -> FrameStore:
-        logmels = self.logmels(clips)
-        if self.scaler_ is not None:
-            logmels = [self.scaler_.transform(m) for m in logmels]
-        return FrameStore(logmels, self.context)
+    # The baseline trains on every window each epoch and scores every window.
+    stride = 1
+    score_stride = 1
 
-    def _fit(self, train: list[Clip], valid: list[Clip]) -> None:
-        logmels = self.logmels(train)
-        self.scaler_ = Standardizer().fit(logmels) if self.standardize else None
-        if self.scaler_ is not None:
-            logmels = [self.scaler_.transform(m) for m in logmels]
-        train_store = FrameStore(logmels, self.context)
-        del logmels
-        valid_store = self._features(valid) if valid else None
-        self.network_ = DenseAutoencoder(
-            train_store.window_dim, self.hidden, self.bottleneck, self.depth
-        )
+    def _context(self) -> int:
+        return self.context
 
-        def train_batches(rng: np.random.Generator) -> Iterator[torch.Tensor]:
-            for idx in shuffled_batches(
-                train_store.n_windows, self.batch_size, rng, drop_last=True
-            ):
-                yield torch.from_numpy(train_store.windows(idx))
-
-        def valid_batches() -> Iterator[torch.Tensor]:
-            for idx in shuffled_batches(valid_store.n_windows, SCORE_BATCH, None):
-                yield torch.from_numpy(valid_store.windows(idx))
-
-        self.run_training(self.network_, train_batches, valid_batches if valid_store else None)
-
-    @torch.inference_mode()
-    def _score(self, clips: list[Clip]) -> np.ndarray:
-        store = self._features(clips)
-        errors = np.empty(store.n_windows, dtype=np.float64)
-        for idx in shuffled_batches(store.n_windows, SCORE_BATCH, None):
-            x = torch.from_numpy(store.windows(idx))
-            errors[idx] = torch.mean((self.network_(x) - x) ** 2, dim=1).numpy()
-        return store.clip_means(errors)
-
-    @torch.inference_mode()
-    def _anomaly_map(self, clip: Clip) -> np.ndarray:
-        store = self._features([clip])
-        parts = [
-            self.network_.element_errors(torch.from_numpy(store.windows(idx))).numpy()
-            for idx in shuffled_batches(store.n_windows, SCORE_BATCH, None)
-        ]
-        errors = np.concatenate(parts).reshape(store.n_windows, self.context, store.n_features)
-        return overlap_average(errors, store.window_starts, int(store.offsets[1]))
-
-    def _get_state(self) -> tuple[dict[str, np.ndarray], dict]:
-        state = {
-            "input_dim": int(self.network_.layers[0].in_features),
-            "scaler": self.scaler_.to_dict() if self.scaler_ is not None else None,
-        }
-        return self.network_arrays(self.network_), state
-
-    def _set_state(self, tensors: dict[str, np.ndarray], state: dict) -> None:
-        self.scaler_ = Standardizer.from_dict(state["scaler"]) if state["scaler"] else None
-        self.network_ = DenseAutoencoder(
-            state["input_dim"], self.hidden, self.bottleneck, self.depth
-        )
-        self.load_network_arrays(self.network_, tensors)
+    def _build_network(self, n_features: int) -> DenseAutoencoder:
+        return DenseAutoencoder(n_features, self.context, self.hidden, self.bottleneck, self.depth)

@@ -1,8 +1,9 @@
 """Shared base of neural detectors on windows of standardised log-mel frames.
 
 :class:`LogMelWindowDetector` gathers windows lazily from one float32
-:class:`~soundwatch.features.frames.FrameStore`; :mod:`soundwatch.detectors.mlp_ae`,
-:mod:`soundwatch.detectors.vae` and :mod:`soundwatch.detectors.recurrent` build on it.
+:class:`~soundwatch.features.frames.FrameStore`; :mod:`soundwatch.detectors.dcase2020_ae`,
+:mod:`soundwatch.detectors.mlp_ae`, :mod:`soundwatch.detectors.vae` and
+:mod:`soundwatch.detectors.recurrent` build on it.
 :func:`overlap_average` turns per-window element errors into a per time-frequency
 anomaly map; it serves every window and patch detector.
 """

@@ -102,6 +102,8 @@ def rank(results: list[dict]) -> list[dict]:
         for entry in result.get("per_id", []):
             row[f"auc_id_{entry['id']}"] = entry["auc"]
             row[f"pauc_id_{entry['id']}"] = entry["pauc"]
+        for kind, entry in result.get("per_kind", {}).items():
+            row[f"auc_kind_{kind}"] = entry["auc"]
         rows.append(row)
     rows.sort(key=lambda r: (r["mean_auc"] is None, -(r["mean_auc"] or 0), r["detector"]))
     for i, row in enumerate(rows, 1):
@@ -116,12 +118,17 @@ def _fmt(value) -> str:
 
 
 def write_leaderboard(out_dir: Path, machine_type: str, rows: list[dict]) -> list[Path]:
-    """Write ``leaderboard.csv``, ``leaderboard.md`` and ``leaderboard.json``."""
+    """Write ``leaderboard.csv``, ``leaderboard.md`` and ``leaderboard.json``.
+
+    Besides :data:`COLUMNS`: the mean AUC of each anomaly kind (``auc_kind_<kind>``,
+    synthetic data only), then AUC and pAUC of each machine ID, then any error.
+    """
+    kind_columns = sorted({k for r in rows for k in r if k.startswith("auc_kind_")})
     id_columns = sorted(
         {k for r in rows for k in r if k.startswith(("auc_id_", "pauc_id_"))},
         key=lambda k: (k.rsplit("_", 1)[1], k.startswith("pauc")),
     )
-    columns = COLUMNS + id_columns + ["error"]
+    columns = COLUMNS + kind_columns + id_columns + ["error"]
     csv_lines = [",".join(columns)] + [",".join(_fmt(r.get(c)) for c in columns) for r in rows]
     md_lines = [
         f"# Leaderboard: {machine_type}",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import resource
 import sys
@@ -14,10 +15,14 @@ from soundwatch.data.datasets import discover
 from soundwatch.detectors.base import Detector
 from soundwatch.detectors.modelfile import MODEL_SUFFIX
 from soundwatch.errors import DatasetError
+from soundwatch.evaluation.metrics import evaluate_by_kind
 from soundwatch.evaluation.submission import write_submission
+from soundwatch.synth.dataset import manifest_kinds
 
 RESULT_FILE = "result.json"
 MODEL_FILE = "model" + MODEL_SUFFIX
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -65,6 +70,25 @@ def training_clips(root: Path, machine_type: str | None) -> list[Clip]:
     return train
 
 
+def anomaly_kinds(clips: list[Clip]) -> list[str | None]:
+    """Anomaly kind of each clip from its synthetic data set's manifest, None where
+    unknown (normal clips, real data). An unreadable manifest only costs the per-kind
+    results, with a warning: it must not fail an evaluation after the training."""
+    manifests: dict[Path, dict[str, str]] = {}
+    kinds = []
+    for clip in clips:
+        path = Path(clip.path)
+        machine_dir = path.parent.parent
+        if machine_dir not in manifests:
+            try:
+                manifests[machine_dir] = manifest_kinds(machine_dir)
+            except DatasetError as exc:
+                logger.warning("%s; no results per anomaly kind", exc)
+                manifests[machine_dir] = {}
+        kinds.append(manifests[machine_dir].get(f"{path.parent.name}/{path.name}"))
+    return kinds
+
+
 def _relative(path: Path, root: Path) -> str:
     """``path`` relative to ``root`` in POSIX form, or absolute if it lies elsewhere."""
     # abspath, not resolve: a data set of symlinks should keep its own layout
@@ -96,7 +120,9 @@ def evaluate(
     holds ``params``, the threshold (``threshold_method``, ``threshold_quantile`` (null
     unless gamma), ``threshold_spec``, ``thresholds`` per machine ID), ``peak_memory_mb``,
     and, so that ``soundwatch report`` can find the audio, ``data_root`` (absolute) and
-    ``test_files`` (paths relative to it, in scoring order).
+    ``test_files`` (paths relative to it, in scoring order), and ``per_kind``: mean AUC
+    and pAUC of each anomaly kind of a synthetic data set (see
+    :func:`~soundwatch.evaluation.metrics.evaluate_by_kind`; empty for real data).
     """
     out_dir = Path(out_dir)
     check_out_dir(out_dir, overwrite)
@@ -129,6 +155,7 @@ def evaluate(
             "thresholds": detector.thresholds_,
             "data_root": str(data_root),
             "test_files": [_relative(c.path, data_root) for c in test],
+            "per_kind": evaluate_by_kind(test, scores, anomaly_kinds(test)),
         },
     )
     detector.save(out_dir / MODEL_FILE, overwrite=True)

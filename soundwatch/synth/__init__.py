@@ -1,7 +1,8 @@
 """Synthetic machine sounds from simple physical models, in the DCASE 2020 Task 2 layout.
 
 ``generate_dataset`` writes a data set of one machine type (normal training clips,
-normal and anomalous test clips, a manifest); ``render_clip`` renders one clip in memory.
+normal and anomalous test clips, a manifest); ``render_clip`` renders one clip in memory;
+``manifest_kinds`` reads which anomaly kind each test clip has.
 The models and their parameters are documented in ``docs/synth.md``.
 """
 
@@ -10,6 +11,7 @@ from soundwatch.synth.dataset import (
     MACHINES,
     MANIFEST_NAME,
     generate_dataset,
+    manifest_kinds,
     render_clip,
     sample_id_params,
 )
@@ -19,6 +21,7 @@ __all__ = [
     "MACHINES",
     "MANIFEST_NAME",
     "generate_dataset",
+    "manifest_kinds",
     "render_clip",
     "sample_id_params",
 ]

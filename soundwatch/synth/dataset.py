@@ -32,7 +32,7 @@ import numpy as np
 import soundfile as sf
 from tqdm import tqdm
 
-from soundwatch.errors import ConfigError
+from soundwatch.errors import ConfigError, DatasetError
 from soundwatch.synth import fan, slider
 from soundwatch.synth.noise import F32, factory_noise, mix_at_snr, sample_environment
 
@@ -41,6 +41,7 @@ __all__ = [
     "MACHINES",
     "MANIFEST_NAME",
     "generate_dataset",
+    "manifest_kinds",
     "render_clip",
     "sample_id_params",
 ]
@@ -86,8 +87,32 @@ def _machine_code(machine: str) -> int:
     return zlib.crc32(machine.encode("utf-8"))
 
 
-def sample_id_params(machine: str, machine_id: str | int, seed: int = 0) -> dict:
+def _blend(product: object, unit: object, spread: float) -> object:
+    """``product + spread * (unit - product)`` on every float of two parameter trees.
+
+    Integers (blade and ball counts), booleans and lists whose lengths differ (how many
+    background tones or bands there are) stay the product's: they are design choices,
+    not tolerances.
+    """
+    if isinstance(product, dict) and isinstance(unit, dict):
+        return {key: _blend(value, unit.get(key), spread) for key, value in product.items()}
+    if isinstance(product, list) and isinstance(unit, list) and len(product) == len(unit):
+        return [_blend(a, b, spread) for a, b in zip(product, unit, strict=True)]
+    if isinstance(product, float) and isinstance(unit, float):
+        return product + spread * (unit - product)
+    return product
+
+
+def sample_id_params(
+    machine: str, machine_id: str | int, seed: int = 0, id_spread: float = 1.0
+) -> dict:
     """Draw the physical parameters of one machine ID, deterministically from ``seed``.
+
+    The machine IDs of one data set are units of one product line standing in one
+    factory hall: a *product* (nominal design and hall) is drawn from ``seed`` alone,
+    an independent *unit* from ``seed`` and the ID, and every continuous parameter is
+    ``product + id_spread * (unit - product)``. ``id_spread`` 0 gives identical units,
+    1 unrelated machines in unrelated halls.
 
     Parameters
     ----------
@@ -97,6 +122,8 @@ def sample_id_params(machine: str, machine_id: str | int, seed: int = 0) -> dict
         Machine ID such as ``"00"``.
     seed : int
         Data-set seed.
+    id_spread : float
+        How far the IDs' parameters stray from the product's, in [0, 1].
 
     Returns
     -------
@@ -106,11 +133,20 @@ def sample_id_params(machine: str, machine_id: str | int, seed: int = 0) -> dict
         :func:`soundwatch.synth.noise.sample_environment`).
     """
     model = _model(machine)
-    ss = np.random.SeedSequence([int(seed), _machine_code(machine), int(machine_id), 7919])
-    rng = np.random.default_rng(ss)
-    params = model.sample_params(rng)
-    params["background"] = sample_environment(rng)
-    return params
+    id_spread = _check_float("id_spread", id_spread, 0.0, 1.0)
+
+    def draw(*key: int) -> dict:
+        rng = np.random.default_rng(
+            np.random.SeedSequence([int(seed), _machine_code(machine), *key, 7919])
+        )
+        params = model.sample_params(rng)
+        params["background"] = sample_environment(rng)
+        return params
+
+    unit = draw(int(machine_id))
+    if id_spread == 1.0:
+        return unit
+    return _blend(draw(), unit, id_spread)
 
 
 def render_clip(
@@ -205,11 +241,15 @@ def _check_int(name: str, value: object, lo: int, hi: int | None = None) -> int:
     return int(value)
 
 
-def _check_float(name: str, value: object, lo: float | None = None) -> float:
+def _check_float(
+    name: str, value: object, lo: float | None = None, hi: float | None = None
+) -> float:
     if isinstance(value, bool) or not isinstance(value, Real) or not math.isfinite(value):
         raise ConfigError(f"{name} must be a finite number, got {value!r}")
     if lo is not None and value < lo:
         raise ConfigError(f"{name} must be at least {lo}, got {value}")
+    if hi is not None and value > hi:
+        raise ConfigError(f"{name} must be at most {hi}, got {value}")
     return float(value)
 
 
@@ -288,6 +328,7 @@ def generate_dataset(
     severity: float = 1.0,
     anomaly_kinds: Sequence[str] | str | None = None,
     seed: int = 0,
+    id_spread: float = 1.0,
     duration: float = 10.0,
     sample_rate: int = 16000,
     progress: bool = True,
@@ -315,6 +356,10 @@ def generate_dataset(
         Kinds to use (cycled through per ID); None uses all kinds of the machine.
     seed : int
         Seed of everything (IDs' physical parameters and every clip).
+    id_spread : float
+        How different the machine IDs are, in [0, 1]: 1 (default) draws every ID's
+        machine and hall independently, smaller values draw them around one product
+        design and hall (see :func:`sample_id_params`).
     duration : float
         Clip length in seconds.
     sample_rate : int
@@ -349,6 +394,7 @@ def generate_dataset(
     snr_db = _check_float("snr_db", snr_db)
     severity = _check_float("severity", severity, 0.0)
     duration = _check_float("duration", duration)
+    id_spread = _check_float("id_spread", id_spread, 0.0, 1.0)
     if duration * sample_rate < 16:
         raise ConfigError(f"duration must give at least 16 samples, got {duration} s")
     if anomaly_kinds is None:
@@ -369,7 +415,7 @@ def generate_dataset(
 
     code = _machine_code(machine)
     ids = [f"{2 * i:02d}" for i in range(n_ids)]
-    id_params = {mid: sample_id_params(machine, mid, seed) for mid in ids}
+    id_params = {mid: sample_id_params(machine, mid, seed, id_spread) for mid in ids}
     jobs: list[dict] = []
     records: list[dict] = []
     for mid in ids:
@@ -434,6 +480,7 @@ def generate_dataset(
         "description": model.description,
         "settings": {
             "seed": seed,
+            "id_spread": id_spread,
             "snr_db": snr_db,
             "severity": severity,
             "anomaly_kinds": kinds,
@@ -468,3 +515,32 @@ def generate_dataset(
         "clips_per_second": round(len(jobs) / seconds, 2) if seconds > 0 else None,
         "manifest": str(manifest_path),
     }
+
+
+def manifest_kinds(machine_dir: str | Path) -> dict[str, str]:
+    """Anomaly kind of every anomalous clip in a synthetic data set's manifest.
+
+    Parameters
+    ----------
+    machine_dir : str or Path
+        A ``<out_root>/<machine>`` folder written by :func:`generate_dataset`.
+
+    Returns
+    -------
+    dict
+        ``{"test/anomaly_id_00_00000000.wav": "rail_damage", ...}``, paths relative to
+        ``machine_dir``; empty when the folder has no manifest (e.g. real data).
+
+    Raises
+    ------
+    DatasetError
+        If the manifest exists but cannot be read.
+    """
+    path = Path(machine_dir) / MANIFEST_NAME
+    if not path.is_file():
+        return {}
+    try:
+        records = json.loads(path.read_text(encoding="utf-8"))["clips"]
+        return {str(r["file"]): str(r["kind"]) for r in records if r.get("kind")}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise DatasetError(f"{path} is not a readable synth manifest ({exc!r})") from None
