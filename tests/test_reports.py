@@ -3,6 +3,7 @@ anomaly maps behind them."""
 
 import base64
 import io
+import json
 import os
 import shutil
 import urllib.parse
@@ -202,6 +203,20 @@ def test_report_of_a_neural_detector(capsys, results):
         "clip_bottom3.png",
     } <= set(figures)
     assert len(figures) == len(page.images)
+
+
+def test_report_shows_results_per_anomaly_kind(capsys, results, tmp_path):
+    # Real data has no synth manifest, hence no kinds; a synthetic run's result has them.
+    run = tmp_path / "maha"
+    shutil.copytree(results["maha"], run, ignore=shutil.ignore_patterns("report*"))
+    result = json.loads((run / "result.json").read_text())
+    assert result["per_kind"] == {}
+    result["per_kind"] = {"rail_damage": {"auc": 0.8125, "pauc": 0.61, "n_anomaly": 3}}
+    (run / "result.json").write_text(json.dumps(result))
+    code, _, err = run_cli(capsys, "report", run)
+    assert code == 0, err
+    text = read_page(run / "report" / "report.html").all_text
+    assert "anomaly kind" in text and "rail_damage" in text and "0.8125" in text
 
 
 def test_report_of_a_non_neural_detector_and_overwrite_rules(capsys, results, tmp_path):

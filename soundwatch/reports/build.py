@@ -6,7 +6,7 @@ detector's results:
 
 1. Overview: detector, threshold method, means, timings, parameters.
 2. Results per machine ID: AUC, pAUC, and precision, recall, F1, accuracy at the
-   decision threshold.
+   decision threshold; on synthetic data also AUC and pAUC per anomaly kind.
 3. ROC curves with the pAUC region and the operating point.
 4. Score distributions of normal and anomalous test clips with the threshold.
 5. Threshold methods: every method fitted on the held-out normals (from the model
@@ -267,6 +267,21 @@ def _per_id(page: _Page, run: RunData, level: int, anchor: str) -> None:
             "note",
         )
     )
+    per_kind = run.result.get("per_kind") or {}
+    if per_kind:
+        page.add(
+            h.table(
+                ["anomaly kind", "anomalous", "AUC", "pAUC"],
+                [[k, e.get("n_anomaly"), e.get("auc"), e.get("pauc")] for k, e in per_kind.items()],
+            )
+        )
+        page.add(
+            h.paragraph(
+                "Per anomaly kind (from the synthetic data set's manifest): each ID's "
+                "normal test clips against its anomalies of that kind only, mean over IDs.",
+                "note",
+            )
+        )
     if unlabelled:
         page.add(
             h.paragraph(
