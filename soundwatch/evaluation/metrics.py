@@ -282,14 +282,18 @@ def evaluate_by_kind(
     s = np.asarray(scores, dtype=float)
     if len(kinds) != len(clips):
         raise ConfigError(f"got {len(kinds)} anomaly kinds for {len(clips)} clips")
-    normal = [c.label is not None and not c.is_anomaly for c in clips]
+    normal = [i for i, c in enumerate(clips) if c.label is not None and not c.is_anomaly]
     out = {}
     for kind in sorted({k for k in kinds if k is not None}):
-        idx = [i for i, k in enumerate(kinds) if normal[i] or (k == kind and clips[i].is_anomaly)]
+        anomalous = [i for i, k in enumerate(kinds) if k == kind and clips[i].is_anomaly]
+        idx = normal + anomalous
         try:
             means = mean_scores(evaluate_by_id([clips[i] for i in idx], s[idx], max_fpr))
         except ConfigError:  # no ID has both normals and this kind
             continue
-        n_anomaly = sum(kinds[i] == kind and clips[i].is_anomaly for i in idx)
-        out[kind] = {"auc": means["mean_auc"], "pauc": means["mean_pauc"], "n_anomaly": n_anomaly}
+        out[kind] = {
+            "auc": means["mean_auc"],
+            "pauc": means["mean_pauc"],
+            "n_anomaly": len(anomalous),
+        }
     return out

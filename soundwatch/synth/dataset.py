@@ -108,11 +108,11 @@ def sample_id_params(
 ) -> dict:
     """Draw the physical parameters of one machine ID, deterministically from ``seed``.
 
-    The machine IDs of one data set are units of one product line standing in one
-    factory hall: a *product* (nominal design and hall) is drawn from ``seed`` alone,
-    an independent *unit* from ``seed`` and the ID, and every continuous parameter is
-    ``product + id_spread * (unit - product)``. ``id_spread`` 0 gives identical units,
-    1 unrelated machines in unrelated halls.
+    With ``id_spread`` 1 (default) every ID is an independent machine in a hall of its
+    own. Below 1 the IDs are units of one product line in one factory hall: a
+    *product* (nominal design and hall) is drawn from ``seed`` alone, a *unit* from
+    ``seed`` and the ID, and every continuous parameter is ``product + id_spread *
+    (unit - product)``; 0 gives identical units.
 
     Parameters
     ----------
@@ -144,7 +144,7 @@ def sample_id_params(
         return params
 
     unit = draw(int(machine_id))
-    if id_spread == 1.0:
+    if id_spread == 1.0:  # not a blend: counts and list lengths would be the product's
         return unit
     return _blend(draw(), unit, id_spread)
 
