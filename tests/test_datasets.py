@@ -144,13 +144,17 @@ def test_unknown_machine_type_lists_existing(shared_dir):
 
 def test_whole_shared_data_folder(shared_dir):
     clips = discover(shared_dir / "data")
-    assert len(clips) == 81 + 30
+    # 2020 slider (81) + 2020 test-mini (5 types x 6) + 2023 mini (7 types x 4)
+    assert len(clips) == 81 + 30 + 28
     assert machine_types(shared_dir / "data") == [
+        "bearing",
         "fan",
+        "gearbox",
         "pump",
         "slider",
         "ToyCar",
         "ToyConveyor",
+        "ToyTrain",
         "valve",
     ]
 
