@@ -27,7 +27,7 @@ from soundwatch.evaluation.submission import (
     write_result_json,
     write_submission,
 )
-from soundwatch.evaluation.threshold import decide, gamma_threshold
+from soundwatch.thresholds import decide, gamma_threshold
 
 # ---------------------------------------------------------------- metrics, by hand
 

@@ -12,20 +12,20 @@ from soundwatch.data.clips import Clip
 from soundwatch.detectors import Detector, create
 from soundwatch.detectors.modelfile import read_model_file
 from soundwatch.errors import ConfigError
-from soundwatch.evaluation.threshold import (
-    fit_threshold,
-    fit_thresholds,
-    gamma_threshold,
-    meanstd_threshold,
-    parse_threshold_method,
-    percentile_threshold,
-)
 from soundwatch.reports.metrics import (
     best_f1_threshold,
     binary_metrics,
     candidate_thresholds,
     metrics_at,
     youden_threshold,
+)
+from soundwatch.thresholds import (
+    fit_threshold,
+    fit_thresholds,
+    gamma_threshold,
+    meanstd_threshold,
+    parse_threshold_method,
+    percentile_threshold,
 )
 
 

@@ -22,7 +22,7 @@ from soundwatch.data.clips import ANOMALY, Clip, summarize
 from soundwatch.detectors.modelfile import read_model_file, write_model_file
 from soundwatch.detectors.params import Param
 from soundwatch.errors import ConfigError, ModelFileError, SoundwatchError
-from soundwatch.evaluation.threshold import (
+from soundwatch.thresholds import (
     ThresholdMethod,
     fit_thresholds,
     parse_threshold_method,

@@ -30,8 +30,8 @@ from soundwatch.evaluation.metrics import (
     machine_ids,
     mean_scores,
 )
-from soundwatch.evaluation.threshold import decide
 from soundwatch.fileio import atomic_write_text
+from soundwatch.thresholds import decide
 
 _MEAN_KEYS = ("mean_auc", "mean_pauc", "hmean_auc", "hmean_pauc")
 _SCHEMA_KEYS = frozenset(
@@ -130,7 +130,7 @@ def write_decisions(
     filenames : sequence of str or path-like of length n_clips
         Clip files; only their base names are written.
     decisions : array-like of shape (n_clips,)
-        0 (normal) or 1 (anomaly), e.g. from :func:`~soundwatch.evaluation.threshold.decide`.
+        0 (normal) or 1 (anomaly), e.g. from :func:`~soundwatch.thresholds.decide`.
 
     Returns
     -------

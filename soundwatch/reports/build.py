@@ -31,11 +31,6 @@ import numpy as np
 
 from soundwatch.errors import ConfigError, SoundwatchError
 from soundwatch.evaluation.protocol import RESULT_FILE
-from soundwatch.evaluation.threshold import (
-    COMPARED_METHODS,
-    fit_thresholds,
-    parse_threshold_method,
-)
 from soundwatch.fileio import atomic_path, atomic_write_text
 from soundwatch.reports import html as h
 from soundwatch.reports import plots
@@ -54,6 +49,11 @@ from soundwatch.reports.metrics import (
     binary_metrics,
     metrics_at,
     youden_threshold,
+)
+from soundwatch.thresholds import (
+    COMPARED_METHODS,
+    fit_thresholds,
+    parse_threshold_method,
 )
 
 REPORT_FOLDER = "report"

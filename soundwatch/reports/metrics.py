@@ -6,7 +6,7 @@ labelled test clips*, so they are upper bounds for comparison, never deployable
 thresholds; reports label them "oracle (uses test labels)".
 
 Throughout, a clip is decided anomalous when ``score > threshold``, as in
-:func:`soundwatch.evaluation.threshold.decide`.
+:func:`soundwatch.thresholds.decide`.
 """
 
 from __future__ import annotations

@@ -23,19 +23,11 @@ import numpy as np
 from scipy import stats
 
 from soundwatch.errors import ConfigError
+from soundwatch.validation import check_array
 
 # Offset, in units of the scores' standard deviation, that keeps the smallest shifted
 # score strictly positive (see gamma_threshold).
 _MARGIN = 1e-3
-
-
-def _as_finite_1d(scores: np.ndarray, what: str) -> np.ndarray:
-    arr = np.asarray(scores, dtype=float)
-    if arr.ndim != 1:
-        raise ConfigError(f"{what} must be a 1-D array, got shape {arr.shape}")
-    if not np.isfinite(arr).all():
-        raise ConfigError(f"{what} contain NaN or infinite values")
-    return arr
 
 
 def gamma_threshold(scores: np.ndarray, quantile: float = 0.9) -> float:
@@ -73,7 +65,7 @@ def gamma_threshold(scores: np.ndarray, quantile: float = 0.9) -> float:
     """
     if not 0.0 < quantile < 1.0:
         raise ConfigError(f"threshold quantile must be in (0, 1), got {quantile}")
-    s = _as_finite_1d(scores, "scores for the decision threshold")
+    s = check_array(scores, "scores for the decision threshold")
     if s.size == 0:
         raise ConfigError("cannot fit a decision threshold to zero scores")
     empirical = float(np.quantile(s, quantile))
@@ -120,7 +112,7 @@ def decide(scores: np.ndarray, threshold: float) -> np.ndarray:
     """
     if not np.isfinite(threshold):
         raise ConfigError(f"decision threshold must be finite, got {threshold}")
-    s = _as_finite_1d(scores, "anomaly scores")
+    s = check_array(scores, "anomaly scores")
     return (s > threshold).astype(int)
 
 
@@ -156,7 +148,7 @@ def percentile_threshold(scores: np.ndarray, percentile: float = 95.0) -> float:
     """
     if not 0.0 < percentile < 100.0:
         raise ConfigError(f"threshold percentile must be in (0, 100), got {percentile}")
-    s = _as_finite_1d(scores, "scores for the decision threshold")
+    s = check_array(scores, "scores for the decision threshold")
     if s.size == 0:
         raise ConfigError("cannot fit a decision threshold to zero scores")
     return float(np.percentile(s, percentile))
@@ -193,7 +185,7 @@ def meanstd_threshold(scores: np.ndarray, k: float = 3.0) -> float:
     """
     if not math.isfinite(k):
         raise ConfigError(f"threshold k (standard deviations) must be finite, got {k}")
-    s = _as_finite_1d(scores, "scores for the decision threshold")
+    s = check_array(scores, "scores for the decision threshold")
     if s.size == 0:
         raise ConfigError("cannot fit a decision threshold to zero scores")
     std = float(np.std(s, ddof=1)) if s.size > 1 else 0.0
