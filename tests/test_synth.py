@@ -10,6 +10,7 @@ import pytest
 import soundfile as sf
 
 from soundwatch.data.datasets import discover
+from soundwatch.data.manifest import manifest_kinds
 from soundwatch.errors import ConfigError, DatasetError
 from soundwatch.evaluation.protocol import anomaly_kinds
 from soundwatch.synth import (
@@ -17,7 +18,6 @@ from soundwatch.synth import (
     MACHINES,
     MANIFEST_NAME,
     generate_dataset,
-    manifest_kinds,
     render_clip,
     sample_id_params,
 )

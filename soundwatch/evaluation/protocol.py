@@ -12,12 +12,12 @@ from pathlib import Path
 
 from soundwatch.data.clips import ANOMALY, Clip
 from soundwatch.data.datasets import discover
+from soundwatch.data.manifest import manifest_kinds
 from soundwatch.detectors.base import Detector
 from soundwatch.detectors.modelfile import MODEL_SUFFIX
 from soundwatch.errors import DatasetError
 from soundwatch.evaluation.metrics import evaluate_by_kind
 from soundwatch.evaluation.submission import write_submission
-from soundwatch.synth.dataset import manifest_kinds
 
 RESULT_FILE = "result.json"
 MODEL_FILE = "model" + MODEL_SUFFIX

@@ -1,8 +1,8 @@
 """Synthetic machine sounds from simple physical models, in the DCASE 2020 Task 2 layout.
 
 ``generate_dataset`` writes a data set of one machine type (normal training clips,
-normal and anomalous test clips, a manifest); ``render_clip`` renders one clip in memory;
-``manifest_kinds`` reads which anomaly kind each test clip has.
+normal and anomalous test clips, a manifest); ``render_clip`` renders one clip in memory.
+:func:`soundwatch.data.manifest.manifest_kinds` reads which anomaly kind each test clip has.
 The models and their parameters are documented in ``docs/synth.md``.
 """
 
@@ -11,7 +11,6 @@ from soundwatch.synth.dataset import (
     MACHINES,
     MANIFEST_NAME,
     generate_dataset,
-    manifest_kinds,
     render_clip,
     sample_id_params,
 )
@@ -21,7 +20,6 @@ __all__ = [
     "MACHINES",
     "MANIFEST_NAME",
     "generate_dataset",
-    "manifest_kinds",
     "render_clip",
     "sample_id_params",
 ]

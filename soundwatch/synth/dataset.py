@@ -32,7 +32,8 @@ import numpy as np
 import soundfile as sf
 from tqdm import tqdm
 
-from soundwatch.errors import ConfigError, DatasetError
+from soundwatch.data.manifest import MANIFEST_NAME
+from soundwatch.errors import ConfigError
 from soundwatch.synth import fan, slider
 from soundwatch.synth.noise import F32, factory_noise, mix_at_snr, sample_environment
 
@@ -41,12 +42,10 @@ __all__ = [
     "MACHINES",
     "MANIFEST_NAME",
     "generate_dataset",
-    "manifest_kinds",
     "render_clip",
     "sample_id_params",
 ]
 
-MANIFEST_NAME = "synth_manifest.json"
 _PEAK_LIMIT = 0.98  # final clips never exceed this (no clipping in the 16-bit file)
 _GAIN_SPREAD_DB = 3.0  # random per-clip level: loudness alone must not give anomalies away
 _SEVERITY_SPREAD = 0.3  # per-clip severity = severity * exp(N(0, 0.3)): varied difficulty
@@ -515,32 +514,3 @@ def generate_dataset(
         "clips_per_second": round(len(jobs) / seconds, 2) if seconds > 0 else None,
         "manifest": str(manifest_path),
     }
-
-
-def manifest_kinds(machine_dir: str | Path) -> dict[str, str]:
-    """Anomaly kind of every anomalous clip in a synthetic data set's manifest.
-
-    Parameters
-    ----------
-    machine_dir : str or Path
-        A ``<out_root>/<machine>`` folder written by :func:`generate_dataset`.
-
-    Returns
-    -------
-    dict
-        ``{"test/anomaly_id_00_00000000.wav": "rail_damage", ...}``, paths relative to
-        ``machine_dir``; empty when the folder has no manifest (e.g. real data).
-
-    Raises
-    ------
-    DatasetError
-        If the manifest exists but cannot be read.
-    """
-    path = Path(machine_dir) / MANIFEST_NAME
-    if not path.is_file():
-        return {}
-    try:
-        records = json.loads(path.read_text(encoding="utf-8"))["clips"]
-        return {str(r["file"]): str(r["kind"]) for r in records if r.get("kind")}
-    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
-        raise DatasetError(f"{path} is not a readable synth manifest ({exc!r})") from None

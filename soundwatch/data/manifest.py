@@ -1,0 +1,45 @@
+"""Reading the manifest of a synthetic data set (written by :mod:`soundwatch.synth`).
+
+A synthetic machine folder holds ``synth_manifest.json`` beside its ``train`` and
+``test`` folders; among other things it records the anomaly kind of every anomalous
+test clip, which evaluation uses to report the AUC per kind.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from soundwatch.errors import DatasetError
+
+MANIFEST_NAME = "synth_manifest.json"
+
+
+def manifest_kinds(machine_dir: str | Path) -> dict[str, str]:
+    """Anomaly kind of every anomalous clip in a synthetic data set's manifest.
+
+    Parameters
+    ----------
+    machine_dir : str or Path
+        A ``<out_root>/<machine>`` folder written by
+        :func:`soundwatch.synth.generate_dataset`.
+
+    Returns
+    -------
+    dict
+        ``{"test/anomaly_id_00_00000000.wav": "rail_damage", ...}``, paths relative to
+        ``machine_dir``; empty when the folder has no manifest (e.g. real data).
+
+    Raises
+    ------
+    DatasetError
+        If the manifest exists but cannot be read.
+    """
+    path = Path(machine_dir) / MANIFEST_NAME
+    if not path.is_file():
+        return {}
+    try:
+        records = json.loads(path.read_text(encoding="utf-8"))["clips"]
+        return {str(r["file"]): str(r["kind"]) for r in records if r.get("kind")}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise DatasetError(f"{path} is not a readable synth manifest ({exc!r})") from None
