@@ -18,6 +18,7 @@ def check_array(
     n: int | None = None,
     finite: bool = True,
     dtype: type = float,
+    items: str = "items",
 ) -> np.ndarray:
     """``values`` as an array of ``ndim`` dimensions, or a one-line ConfigError.
 
@@ -34,6 +35,8 @@ def check_array(
         Refuse NaN and infinite values.
     dtype : type
         dtype of the returned array.
+    items : str
+        Plural noun for what ``n`` counts, for messages, e.g. ``"clips"``.
 
     Returns
     -------
@@ -47,7 +50,7 @@ def check_array(
         layout = "(n,)" if ndim == 1 else "(n, d)" if ndim == 2 else f"{ndim}-D"
         raise ConfigError(f"{what} must have shape {layout}, got shape {arr.shape}")
     if n is not None and arr.shape[0] != n:
-        raise ConfigError(f"got {arr.shape[0]} {what} for {n} items")
+        raise ConfigError(f"got {arr.shape[0]} {what} for {n} {items}")
     if finite and arr.dtype.kind == "f":
         bad = ~np.isfinite(arr)
         if bad.any():
@@ -62,4 +65,5 @@ def check_array(
 def check_labels_scores(is_anomaly: object, scores: object) -> tuple[np.ndarray, np.ndarray]:
     """Boolean labels and finite scores of the same length, both shape (n,)."""
     labels = np.asarray(is_anomaly, dtype=bool).reshape(-1)
-    return labels, check_array(np.ravel(scores), "anomaly scores", n=labels.size)
+    scores = check_array(np.ravel(scores), "anomaly scores", n=labels.size, items="labels")
+    return labels, scores

@@ -12,7 +12,7 @@ from soundwatch.data.clips import Clip
 from soundwatch.detectors import Detector, create
 from soundwatch.detectors.modelfile import read_model_file
 from soundwatch.errors import ConfigError
-from soundwatch.reports.metrics import (
+from soundwatch.evaluation.decision_metrics import (
     best_f1_threshold,
     binary_metrics,
     candidate_thresholds,

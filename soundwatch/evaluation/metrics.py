@@ -20,6 +20,7 @@ from sklearn.metrics import roc_auc_score
 
 from soundwatch.data.clips import Clip
 from soundwatch.errors import ConfigError
+from soundwatch.validation import check_array
 
 logger = logging.getLogger(__name__)
 
@@ -50,22 +51,6 @@ class IdResult:
     pauc: float
     n_normal: int
     n_anomaly: int
-
-
-def _as_scores(scores: np.ndarray, n: int | None = None) -> np.ndarray:
-    """Return ``scores`` as a finite 1-D float array, or raise ConfigError."""
-    arr = np.asarray(scores, dtype=float)
-    if arr.ndim != 1:
-        raise ConfigError(f"anomaly scores must be a 1-D array, got shape {arr.shape}")
-    if n is not None and arr.shape[0] != n:
-        raise ConfigError(f"got {arr.shape[0]} anomaly scores for {n} clips")
-    bad = ~np.isfinite(arr)
-    if bad.any():
-        raise ConfigError(
-            f"anomaly scores contain {int(bad.sum())} NaN or infinite value(s) "
-            f"(first at index {int(np.flatnonzero(bad)[0])})"
-        )
-    return arr
 
 
 def auc_pauc(
@@ -104,7 +89,7 @@ def auc_pauc(
         if not np.isin(y, (0, 1)).all():
             raise ConfigError("is_anomaly must hold only True/False or 1/0")
         y = y.astype(bool)
-    s = _as_scores(scores, n=y.shape[0])
+    s = check_array(scores, "anomaly scores", n=y.shape[0], items="clips")
     n_anomaly = int(y.sum())
     n_normal = int(y.shape[0] - n_anomaly)
     if n_anomaly == 0 or n_normal == 0:

@@ -25,13 +25,13 @@ from soundwatch.data.clips import Clip
 from soundwatch.errors import ConfigError
 from soundwatch.evaluation.metrics import (
     IdResult,
-    _as_scores,
     evaluate_by_id,
     machine_ids,
     mean_scores,
 )
 from soundwatch.fileio import atomic_write_text
 from soundwatch.thresholds import decide
+from soundwatch.validation import check_array
 
 _MEAN_KEYS = ("mean_auc", "mean_pauc", "hmean_auc", "hmean_pauc")
 _SCHEMA_KEYS = frozenset(
@@ -106,7 +106,7 @@ def write_anomaly_scores(
         The file written.
     """
     path = anomaly_score_path(out_dir, machine_type, machine_id)
-    s = _as_scores(scores)
+    s = check_array(scores, "anomaly scores")
     names = _basenames(filenames, s.shape[0], "anomaly scores")
     atomic_write_text(path, _csv_text(zip(names, (float(v) for v in s), strict=True)))
     return path
@@ -349,7 +349,7 @@ def write_submission(
     """
     if not clips:
         raise ConfigError("no clips to write a submission for")
-    s = _as_scores(scores, n=len(clips))
+    s = check_array(scores, "anomaly scores", n=len(clips), items="clips")
     _check_name(machine_type, "machine type")
     ids = machine_ids(clips)
     groups: dict[str, list[int]] = {}

@@ -1,8 +1,9 @@
 """Reports of evaluation results: one self-contained HTML page per results folder.
 
+Decision metrics and the oracle operating points (best F1, Youden's J) come from
+:mod:`soundwatch.evaluation.decision_metrics`.
+
 - :mod:`~soundwatch.reports.data` reads ``evaluate`` and ``bench`` folders;
-- :mod:`~soundwatch.reports.metrics` computes decision metrics and the oracle
-  operating points (best F1, Youden's J) that need test labels;
 - :mod:`~soundwatch.reports.plots` draws the figures (matplotlib, Agg canvas);
 - :mod:`~soundwatch.reports.html` assembles the page (base64 PNGs, no scripts);
 - :mod:`~soundwatch.reports.build` puts the sections together (``soundwatch report``);

@@ -30,6 +30,13 @@ from pathlib import Path
 import numpy as np
 
 from soundwatch.errors import ConfigError, SoundwatchError
+from soundwatch.evaluation.decision_metrics import (
+    BinaryMetrics,
+    best_f1_threshold,
+    binary_metrics,
+    metrics_at,
+    youden_threshold,
+)
 from soundwatch.evaluation.protocol import RESULT_FILE
 from soundwatch.fileio import atomic_path, atomic_write_text
 from soundwatch.reports import html as h
@@ -42,13 +49,6 @@ from soundwatch.reports.data import (
     load_bench,
     load_run,
     summarize_data,
-)
-from soundwatch.reports.metrics import (
-    BinaryMetrics,
-    best_f1_threshold,
-    binary_metrics,
-    metrics_at,
-    youden_threshold,
 )
 from soundwatch.thresholds import (
     COMPARED_METHODS,

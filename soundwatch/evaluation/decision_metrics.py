@@ -17,6 +17,7 @@ import numpy as np
 from sklearn.metrics import roc_curve
 
 from soundwatch.errors import ConfigError
+from soundwatch.validation import check_labels_scores
 
 
 @dataclass(frozen=True)
@@ -66,16 +67,6 @@ class BinaryMetrics:
         )
 
 
-def _labels_scores(is_anomaly: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    y = np.asarray(is_anomaly, dtype=bool).reshape(-1)
-    s = np.asarray(scores, dtype=float).reshape(-1)
-    if y.shape != s.shape:
-        raise ConfigError(f"got {s.size} scores for {y.size} labels")
-    if not np.isfinite(s).all():
-        raise ConfigError("scores contain NaN or infinite values")
-    return y, s
-
-
 def binary_metrics(is_anomaly: np.ndarray, decisions: np.ndarray) -> BinaryMetrics:
     """Confusion counts of 0/1 decisions against labels.
 
@@ -107,7 +98,7 @@ def binary_metrics(is_anomaly: np.ndarray, decisions: np.ndarray) -> BinaryMetri
 
 def metrics_at(is_anomaly: np.ndarray, scores: np.ndarray, threshold: float) -> BinaryMetrics:
     """:func:`binary_metrics` of the decisions ``scores > threshold``."""
-    y, s = _labels_scores(is_anomaly, scores)
+    y, s = check_labels_scores(is_anomaly, scores)
     return binary_metrics(y, s > threshold)
 
 
@@ -126,7 +117,7 @@ def candidate_thresholds(scores: np.ndarray) -> np.ndarray:
 
 def _sweep(is_anomaly: np.ndarray, scores: np.ndarray) -> tuple:
     """Candidate thresholds with the true- and false-positive counts above each."""
-    y, s = _labels_scores(is_anomaly, scores)
+    y, s = check_labels_scores(is_anomaly, scores)
     n_pos, n_neg = int(y.sum()), int((~y).sum())
     if n_pos == 0 or n_neg == 0:
         raise ConfigError(
@@ -193,6 +184,6 @@ def youden_threshold(is_anomaly: np.ndarray, scores: np.ndarray) -> float:
 
 def roc_points(is_anomaly: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """False- and true-positive rates of the ROC curve, each of shape (n_points,)."""
-    y, s = _labels_scores(is_anomaly, scores)
+    y, s = check_labels_scores(is_anomaly, scores)
     fpr, tpr, _ = roc_curve(y, s)
     return fpr, tpr
