@@ -21,8 +21,7 @@ from soundwatch.evaluation.metrics import (
 )
 from soundwatch.evaluation.submission import (
     format_table,
-    write_anomaly_scores,
-    write_decisions,
+    write_id_file,
     write_result_csv,
     write_result_json,
     write_submission,
@@ -289,12 +288,17 @@ def _read_bytes(path: Path) -> str:
 
 def test_write_anomaly_scores_and_decisions(tmp_path):
     out = tmp_path / "new" / "dir"
-    p = write_anomaly_scores(
-        out, "fan", "02", [Path("/x/normal_id_02_0.wav"), "y/anomaly_id_02_1.wav"], [0.25, -1.5]
+    p = write_id_file(
+        out,
+        "anomaly_score",
+        "fan",
+        "02",
+        [Path("/x/normal_id_02_0.wav"), "y/anomaly_id_02_1.wav"],
+        [0.25, -1.5],
     )
     assert p == out / "anomaly_score_fan_id_02.csv"
     assert _read_bytes(p) == "normal_id_02_0.wav,0.25\nanomaly_id_02_1.wav,-1.5\n"
-    p = write_decisions(out, "fan", "02", ["a.wav", "b.wav"], np.array([0, 1]))
+    p = write_id_file(out, "decision_result", "fan", "02", ["a.wav", "b.wav"], np.array([0, 1]))
     assert p == out / "decision_result_fan_id_02.csv"
     assert _read_bytes(p) == "a.wav,0\nb.wav,1\n"
     # No temporary files left behind.
@@ -306,17 +310,17 @@ def test_write_anomaly_scores_and_decisions(tmp_path):
 
 def test_write_scores_full_precision(tmp_path):
     v = 0.1 + 0.2  # 0.30000000000000004
-    p = write_anomaly_scores(tmp_path, "fan", "00", ["a.wav"], [v])
+    p = write_id_file(tmp_path, "anomaly_score", "fan", "00", ["a.wav"], [v])
     assert float(_read_bytes(p).strip().split(",")[1]) == v
 
 
 def test_writers_reject_bad_input(tmp_path):
     with pytest.raises(ConfigError, match="file name"):
-        write_anomaly_scores(tmp_path, "../fan", "00", ["a.wav"], [0.0])
+        write_id_file(tmp_path, "anomaly_score", "../fan", "00", ["a.wav"], [0.0])
     with pytest.raises(ConfigError, match="1 file names for 2"):
-        write_anomaly_scores(tmp_path, "fan", "00", ["a.wav"], [0.0, 1.0])
+        write_id_file(tmp_path, "anomaly_score", "fan", "00", ["a.wav"], [0.0, 1.0])
     with pytest.raises(ConfigError, match="0 and 1"):
-        write_decisions(tmp_path, "fan", "00", ["a.wav"], [2])
+        write_id_file(tmp_path, "decision_result", "fan", "00", ["a.wav"], [2])
     assert list(tmp_path.iterdir()) == []
 
 

@@ -64,85 +64,64 @@ def _basenames(filenames: Sequence[str | os.PathLike], n: int, what: str) -> lis
     return [Path(f).name for f in filenames]
 
 
-def anomaly_score_path(out_dir: str | os.PathLike, machine_type: str, machine_id: str) -> Path:
-    """Path of ``anomaly_score_<machine_type>_id_<machine_id>.csv`` in ``out_dir``."""
+#: The per-machine-ID files of a submission: file-name prefix -> what its rows hold.
+ID_FILES: dict[str, str] = {"anomaly_score": "anomaly scores", "decision_result": "decisions"}
+
+
+def id_file_path(out_dir: str | os.PathLike, kind: str, machine_type: str, machine_id: str) -> Path:
+    """Path of ``<kind>_<machine_type>_id_<machine_id>.csv`` in ``out_dir``.
+
+    ``kind`` is a key of :data:`ID_FILES`: ``"anomaly_score"`` or ``"decision_result"``.
+    """
+    if kind not in ID_FILES:
+        raise ConfigError(f"unknown submission file kind {kind!r}; known: {', '.join(ID_FILES)}")
     _check_name(machine_type, "machine type")
     _check_name(machine_id, "machine id")
-    return Path(out_dir) / f"anomaly_score_{machine_type}_id_{machine_id}.csv"
+    return Path(out_dir) / f"{kind}_{machine_type}_id_{machine_id}.csv"
 
 
-def decision_result_path(out_dir: str | os.PathLike, machine_type: str, machine_id: str) -> Path:
-    """Path of ``decision_result_<machine_type>_id_<machine_id>.csv`` in ``out_dir``."""
-    _check_name(machine_type, "machine type")
-    _check_name(machine_id, "machine id")
-    return Path(out_dir) / f"decision_result_{machine_type}_id_{machine_id}.csv"
-
-
-def write_anomaly_scores(
+def write_id_file(
     out_dir: str | os.PathLike,
+    kind: str,
     machine_type: str,
     machine_id: str,
     filenames: Sequence[str | os.PathLike],
-    scores: np.ndarray,
+    values: np.ndarray,
 ) -> Path:
-    """Write ``anomaly_score_<type>_id_<XX>.csv``: rows ``filename,score``, no header.
+    """Write one machine ID's ``<kind>_<type>_id_<XX>.csv``: rows ``filename,value``, no header.
 
     Parameters
     ----------
     out_dir : path-like
         Folder to write into (created if missing).
+    kind : {"anomaly_score", "decision_result"}
+        ``anomaly_score``: finite anomaly scores, written with full float precision;
+        ``decision_result``: decisions 0 (normal) or 1 (anomaly), e.g. from
+        :func:`~soundwatch.thresholds.decide`.
     machine_type : str
         For example ``"fan"``.
     machine_id : str
         For example ``"00"``.
     filenames : sequence of str or path-like of length n_clips
         Clip files; only their base names are written.
-    scores : array-like of shape (n_clips,)
-        Finite anomaly scores, written with full float precision.
+    values : array-like of shape (n_clips,)
+        Scores or decisions, as ``kind`` says.
 
     Returns
     -------
     path : Path
         The file written.
     """
-    path = anomaly_score_path(out_dir, machine_type, machine_id)
-    s = check_array(scores, "anomaly scores")
-    names = _basenames(filenames, s.shape[0], "anomaly scores")
-    atomic_write_text(path, _csv_text(zip(names, (float(v) for v in s), strict=True)))
-    return path
-
-
-def write_decisions(
-    out_dir: str | os.PathLike,
-    machine_type: str,
-    machine_id: str,
-    filenames: Sequence[str | os.PathLike],
-    decisions: np.ndarray,
-) -> Path:
-    """Write ``decision_result_<type>_id_<XX>.csv``: rows ``filename,0|1``, no header.
-
-    Parameters
-    ----------
-    out_dir : path-like
-        Folder to write into (created if missing).
-    machine_type : str
-    machine_id : str
-    filenames : sequence of str or path-like of length n_clips
-        Clip files; only their base names are written.
-    decisions : array-like of shape (n_clips,)
-        0 (normal) or 1 (anomaly), e.g. from :func:`~soundwatch.thresholds.decide`.
-
-    Returns
-    -------
-    path : Path
-        The file written.
-    """
-    path = decision_result_path(out_dir, machine_type, machine_id)
-    d = np.asarray(decisions)
-    if d.ndim != 1 or not np.isin(d, (0, 1)).all():
-        raise ConfigError("decisions must be a 1-D array of 0 and 1")
-    names = _basenames(filenames, d.shape[0], "decisions")
-    atomic_write_text(path, _csv_text(zip(names, (int(v) for v in d), strict=True)))
+    path = id_file_path(out_dir, kind, machine_type, machine_id)
+    if kind == "anomaly_score":
+        cells = [float(v) for v in check_array(values, "anomaly scores")]
+    else:
+        d = np.asarray(values)
+        if d.ndim != 1 or not np.isin(d, (0, 1)).all():
+            raise ConfigError("decisions must be a 1-D array of 0 and 1")
+        cells = [int(v) for v in d]
+    names = _basenames(filenames, len(cells), ID_FILES[kind])
+    atomic_write_text(path, _csv_text(zip(names, cells, strict=True)))
     return path
 
 
@@ -375,8 +354,9 @@ def write_submission(
     for mid in sorted(groups):
         idx = groups[mid]
         names = [clips[i].path.name for i in idx]
-        write_anomaly_scores(out, machine_type, mid, names, s[idx])
-        write_decisions(out, machine_type, mid, names, decide(s[idx], id_threshold[mid]))
+        write_id_file(out, "anomaly_score", machine_type, mid, names, s[idx])
+        decisions = decide(s[idx], id_threshold[mid])
+        write_id_file(out, "decision_result", machine_type, mid, names, decisions)
     if means is not None:
         write_result_csv(out / "result.csv", machine_type, results, means)
     return write_result_json(
