@@ -8,7 +8,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 from scipy import stats
-from sklearn.metrics import roc_auc_score
 
 from soundwatch.data.clips import Clip
 from soundwatch.errors import ConfigError
@@ -40,8 +39,9 @@ def test_auc_by_hand_counts_correctly_ordered_pairs():
     # AUC = 8 / 9
     y = np.array([0, 0, 0, 1, 1, 1])
     s = np.array([0.1, 0.4, 0.6, 0.5, 0.7, 0.8])
-    auc, _ = auc_pauc(y, s)
+    auc, pauc = auc_pauc(y, s)
     assert auc == pytest.approx(8 / 9, abs=1e-12)
+    assert isinstance(auc, float) and isinstance(pauc, float)
 
 
 def test_pauc_by_hand_flat_segment():
@@ -85,20 +85,6 @@ def test_auc_pauc_perfect_and_reversed():
     # Reversed: AUC 0; raw pAUC 0 -> 0.5 * (1 + (0 - 0.005) / 0.095) = 0.4736842
     assert auc == 0.0
     assert pauc == pytest.approx(0.5 * (1 - 0.005 / 0.095), abs=1e-12)
-
-
-@pytest.mark.parametrize("seed", range(5))
-@pytest.mark.parametrize("max_fpr", [0.05, 0.1, 0.3])
-def test_auc_pauc_agree_with_sklearn(seed, max_fpr):
-    rng = np.random.default_rng(seed)
-    n = 200
-    y = rng.integers(0, 2, n)
-    # Rounded scores create ties as real detectors do.
-    s = np.round(rng.normal(size=n) + 0.7 * y, 1)
-    auc, pauc = auc_pauc(y, s, max_fpr=max_fpr)
-    assert auc == roc_auc_score(y, s)
-    assert pauc == roc_auc_score(y, s, max_fpr=max_fpr)
-    assert isinstance(auc, float) and isinstance(pauc, float)
 
 
 def test_auc_pauc_one_class_is_an_error():
@@ -156,7 +142,9 @@ def test_evaluate_by_id_groups_sorts_and_skips():
     assert (r00.auc, r00.n_normal, r00.n_anomaly) == (0.5, 2, 1)
     # ID 02: normal 0.2; anomaly 0.9, 0.1 -> one of two pairs -> AUC 1/2
     assert (r02.auc, r02.n_normal, r02.n_anomaly) == (0.5, 1, 2)
-    assert r00.pauc == roc_auc_score([0, 0, 1], [0.1, 0.5, 0.3], max_fpr=0.1)
+    # ID 00 pAUC: the ROC leaves (0, 0) along TPR = 0 to FPR = 1/2, so the raw area on
+    # FPR in [0, 0.1] is 0 -> McClish 0.5 * (1 + (0 - 0.005) / (0.1 - 0.005))
+    assert r00.pauc == pytest.approx(0.5 * (1 - 0.005 / 0.095), abs=1e-12)
 
 
 def test_evaluate_by_kind_ranks_each_kind_against_the_normals():
