@@ -19,7 +19,8 @@ from pathlib import Path
 import torch
 
 from soundwatch.data.datasets import discover
-from soundwatch.encoders.base import available_encoders, embed_clips, get_encoder
+from soundwatch.encoders.embed import embed_clips
+from soundwatch.encoders.registry import ENCODERS
 from soundwatch.synth import generate_dataset
 
 
@@ -42,7 +43,7 @@ def main() -> None:
     )
     clips = discover(data, "slider", "train")
     os.environ["SOUNDWATCH_CACHE"] = "off"
-    encoders = available_encoders()
+    encoders = ENCODERS.available()
     names = [n.strip() for n in args.encoders.split(",") if n.strip()] or [
         name
         for name, cls in encoders.items()
@@ -51,7 +52,7 @@ def main() -> None:
     print(f"{len(clips)} clips of 10 s; torch threads {torch.get_num_threads()}")
     print(f"{'encoder':<20} {'dim':>5} {'clips/s':>8} {'ms/clip':>8}")
     for name in names:
-        encoder = get_encoder(name, batch_size=args.batch_size).load()
+        encoder = ENCODERS.create(name, batch_size=args.batch_size).load()
         embed_clips(clips[:2], encoder, use_cache=False)  # warm-up: first-call overheads
         start = time.perf_counter()
         vectors, _ = embed_clips(clips, encoder, use_cache=False)

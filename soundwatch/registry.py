@@ -44,6 +44,10 @@ class Registry(Generic[T]):
         self._classes[name] = cls
         return cls
 
+    def unregister(self, name: str) -> None:
+        """Forget a class registered at run time (tests do); lazy built-in names stay."""
+        self._classes.pop(name, None)
+
     def names(self) -> list[str]:
         """Every known name, sorted; imports nothing."""
         return sorted({*self._lazy, *self._classes})

@@ -22,7 +22,8 @@ from soundwatch.detectors.decoders import (
     halved_sizes,
 )
 from soundwatch.detectors.registry import available, create
-from soundwatch.encoders.base import RandomConvEncoder, register_encoder
+from soundwatch.encoders.random_cnn import RandomConvEncoder
+from soundwatch.encoders.registry import ENCODERS
 from soundwatch.errors import ConfigError
 
 # Short clips keep the encoder passes cheap; the behaviour does not depend on length.
@@ -108,7 +109,7 @@ def test_mlp_decoder_with_a_hugging_face_encoder(clips, tmp_path):
 def test_mlp_decoder_estimates_an_unstated_frame_period(clips):
     # An encoder that does not state frame_seconds: its frames are taken to cover the
     # first clip evenly (2 s: 63 log-mel frames of 32 ms, 16 encoder frames).
-    @register_encoder
+    @ENCODERS.register
     class UnstatedPeriod(RandomConvEncoder):
         name = "test-unstated-period"
         frame_seconds = None

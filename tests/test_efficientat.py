@@ -13,13 +13,9 @@ import numpy as np
 import pytest
 import torch
 
-from soundwatch.encoders.base import ENCODERS, get_encoder
-from soundwatch.encoders.download import (
-    RANDOM_WEIGHTS,
-    CheckpointEncoder,
-    file_digests,
-    weights_cache_dir,
-)
+from soundwatch.encoders.checkpoint import CheckpointEncoder
+from soundwatch.encoders.digests import file_digests
+from soundwatch.encoders.download import RANDOM_WEIGHTS, weights_cache_dir
 from soundwatch.encoders.efficientat import (
     EFFICIENTAT_MODELS,
     EfficientATFrontend,
@@ -32,6 +28,7 @@ from soundwatch.encoders.pretrained import (
     load_efficientat,
     resolve_weights,
 )
+from soundwatch.encoders.registry import ENCODERS
 from soundwatch.errors import ConfigError, ModelFileError
 
 MN04_FILE = EFFICIENTAT_MODELS["mn04"]["file"]
@@ -254,7 +251,7 @@ def test_offline_download_message(isolated_cache: Path) -> None:
 def test_offline_encoder_names_the_official_url(
     isolated_cache: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    cls = ENCODERS["efficientat-mn04"]
+    cls = ENCODERS.get("efficientat-mn04")
     assert cls.checkpoint.url == EFFICIENTAT_MODELS["mn04"]["url"]
     assert cls.checkpoint.url.endswith("/v0.0.1/" + MN04_FILE)
     # No network in tests: an address nothing listens on stands for the release server.
@@ -262,7 +259,7 @@ def test_offline_encoder_names_the_official_url(
     monkeypatch.setattr(cls, "checkpoint", offline)
     assert not cls.weights_available()
     with pytest.raises(ModelFileError, match="cannot download efficientat-mn04 weights"):
-        get_encoder("efficientat-mn04").load()
+        ENCODERS.create("efficientat-mn04").load()
     assert not any(isolated_cache.iterdir())
 
 
@@ -290,7 +287,7 @@ def test_explicit_file_of_another_name_is_the_users_own(
     for key, value in fine_tuned.state_dict().items():
         assert torch.equal(net.state_dict()[key], value), key
     # Cache keys identify it by content, never as the official weights.
-    encoder = get_encoder("efficientat-mn04", weights=str(path))
+    encoder = ENCODERS.create("efficientat-mn04", weights=str(path))
     assert encoder.weights_identity() == file_digests(path)[0]
     assert encoder.cache_params()["weights"] != "default"
     assert not isolated_cache.exists()  # nothing was downloaded
@@ -301,7 +298,7 @@ def test_explicit_file_of_another_name_is_the_users_own(
 
 def test_family_is_registered_as_checkpoint_encoders() -> None:
     for model, config in EFFICIENTAT_MODELS.items():
-        cls = ENCODERS[f"efficientat-{model}"]
+        cls = ENCODERS.get(f"efficientat-{model}")
         assert issubclass(cls, EfficientATEncoder) and issubclass(cls, CheckpointEncoder)
         assert cls.model == model and cls.sample_rate == 32000
         # One variable for the family: a file, or a folder of release files.
@@ -309,18 +306,18 @@ def test_family_is_registered_as_checkpoint_encoders() -> None:
         assert (cls.checkpoint.file_name, cls.checkpoint.url) == (config["file"], config["url"])
         assert cls.checkpoint.sha256 == config["sha256"]
         assert cls.frame_seconds == pytest.approx(320 * 32 / 32000)
-    assert ENCODERS["efficientat-mn04"].checkpoint.pinned
-    assert not ENCODERS["efficientat-mn10"].checkpoint.pinned
+    assert ENCODERS.get("efficientat-mn04").checkpoint.pinned
+    assert not ENCODERS.get("efficientat-mn10").checkpoint.pinned
 
 
 def test_random_weights_need_no_file(isolated_cache: Path) -> None:
-    encoder = get_encoder("efficientat-mn04", weights=RANDOM_WEIGHTS)
+    encoder = ENCODERS.create("efficientat-mn04", weights=RANDOM_WEIGHTS)
     assert encoder.weights_available(RANDOM_WEIGHTS) and encoder.weights_identity() == "random-0"
     wave = np.random.default_rng(0).normal(scale=0.1, size=(1, 32000)).astype(np.float32)
     frames = encoder.frame_embeddings(wave)
     # 100 log-mel frames halved (rounding up) five times: 4 frames of 0.32 s.
     assert frames.shape == (1, 4, 384) and np.isfinite(frames).all()
-    again = get_encoder("efficientat-mn04", weights=RANDOM_WEIGHTS).frame_embeddings(wave)
+    again = ENCODERS.create("efficientat-mn04", weights=RANDOM_WEIGHTS).frame_embeddings(wave)
     np.testing.assert_array_equal(again, frames)
     assert not isolated_cache.exists()
 
@@ -328,7 +325,7 @@ def test_random_weights_need_no_file(isolated_cache: Path) -> None:
 def test_encoder_frames_pool_to_the_reference_embedding(
     model_dir: Path, reference: dict[str, np.ndarray], isolated_cache: Path
 ) -> None:
-    encoder = get_encoder("efficientat-mn04", weights=str(model_dir / MN04_FILE))
+    encoder = ENCODERS.create("efficientat-mn04", weights=str(model_dir / MN04_FILE))
     frames = encoder.frame_embeddings(reference["waveform_32k"])
     assert frames.shape == (2, 32, 384)  # 10 s clips, one frame per 0.32 s
     np.testing.assert_allclose(frames.mean(axis=1), reference["embedding"], rtol=1e-4, atol=1e-5)
@@ -341,12 +338,12 @@ def test_default_weights_identity(
 ) -> None:
     # mn04's release file is pinned by its SHA-256: "default" is enough.
     monkeypatch.setenv(WEIGHTS_ENV, str(model_dir))
-    assert get_encoder("efficientat-mn04").weights_identity() == "default"
+    assert ENCODERS.create("efficientat-mn04").weights_identity() == "default"
     monkeypatch.delenv(WEIGHTS_ENV)
     # mn10 has no known checksum: whatever file is used is identified by its content.
     isolated_cache.mkdir(parents=True)
     cached = isolated_cache / EFFICIENTAT_MODELS["mn10"]["file"]
     cached.write_bytes(b"some mn10 file")
     with pytest.warns(UserWarning, match="no checksum known"):
-        identity = get_encoder("efficientat-mn10").weights_identity()
+        identity = ENCODERS.create("efficientat-mn10").weights_identity()
     assert identity == file_digests(cached)[0]

@@ -1,5 +1,7 @@
 """Audio encoders, pooling, embedding scorers and the embedding detectors."""
 
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -20,17 +22,11 @@ from soundwatch.detectors.scorers import (
     create_scorer,
     parse_gamma,
 )
-from soundwatch.encoders.base import (
-    ENCODERS,
-    Encoder,
-    RandomConvEncoder,
-    embed_clips,
-    get_encoder,
-    pool,
-    pooled_dim,
-    register_encoder,
-    shared_encoder,
-)
+from soundwatch.encoders.base import Encoder
+from soundwatch.encoders.embed import embed_clips
+from soundwatch.encoders.pooling import pool, pooled_dim
+from soundwatch.encoders.random_cnn import RandomConvEncoder
+from soundwatch.encoders.registry import ENCODERS, shared_encoder
 from soundwatch.errors import ConfigError
 
 SCORER_NAMES = ["mahalanobis", "knn", "ocsvm", "gmm", "mean-distance"]
@@ -178,7 +174,7 @@ def test_gmm_numpy_log_likelihood_equals_sklearn(gaussian_data):
 
 
 def test_random_cnn_encoder_shapes_and_determinism():
-    encoder = get_encoder("random-cnn", batch_size=2)
+    encoder = ENCODERS.create("random-cnn", batch_size=2)
     assert isinstance(encoder, RandomConvEncoder)
     assert RandomConvEncoder.weights_available()
     wave = np.random.default_rng(0).normal(scale=0.1, size=(3, 16000)).astype(np.float32)
@@ -187,23 +183,39 @@ def test_random_cnn_encoder_shapes_and_determinism():
     assert frames.shape == (3, 8, 64) and frames.dtype == np.float32
     assert encoder.frame_seconds == pytest.approx(4 * 512 / 16000)
     # Same weights every time (fixed seed, no global random state).
-    again = get_encoder("random-cnn", batch_size=2).frame_embeddings(wave)
+    again = ENCODERS.create("random-cnn", batch_size=2).frame_embeddings(wave)
     np.testing.assert_array_equal(again, frames)
     # Batching changes the result only by float round-off.
-    single = get_encoder("random-cnn").frame_embeddings(wave[1:2])[0]
+    single = ENCODERS.create("random-cnn").frame_embeddings(wave[1:2])[0]
     np.testing.assert_allclose(single, frames[1], rtol=1e-4, atol=1e-6)
-    assert not np.allclose(get_encoder("random-cnn", seed=1).frame_embeddings(wave), frames)
+    assert not np.allclose(ENCODERS.create("random-cnn", seed=1).frame_embeddings(wave), frames)
     with pytest.raises(ConfigError, match="no weights file"):
-        get_encoder("random-cnn", weights="x.pt")
+        ENCODERS.create("random-cnn", weights="x.pt")
     with pytest.raises(ConfigError, match="batch, n_samples"):
         encoder.frame_embeddings(wave[0])
 
 
 def test_unknown_encoder_lists_known_ones():
     with pytest.raises(ConfigError, match=r"unknown encoder 'nope'.*random-cnn"):
-        get_encoder("nope")
+        ENCODERS.create("nope")
     with pytest.raises(ConfigError, match=r"unknown encoder 'nope'.*random-cnn"):
         shared_encoder("nope")
+
+
+def test_encoder_names_are_listed_without_importing_torch():
+    # A fresh interpreter: the lazy names must be exactly what the modules register.
+    code = (
+        "import importlib, pkgutil, sys\n"
+        "from soundwatch.encoders.registry import ENCODERS\n"
+        "import soundwatch.encoders as package\n"
+        "names = ENCODERS.names()\n"
+        "assert 'torch' not in sys.modules\n"
+        "for module in pkgutil.iter_modules(package.__path__):\n"
+        "    importlib.import_module(f'soundwatch.encoders.{module.name}')\n"
+        "assert ENCODERS.names() == names, sorted(set(ENCODERS.names()) ^ set(names))\n"
+        "assert all(ENCODERS.get(name).name == name for name in names)\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).parents[1])
 
 
 def test_shared_encoder_is_one_instance_per_configuration(monkeypatch):
@@ -251,7 +263,7 @@ def test_embedding_cache_hit_on_second_call(slider, tmp_path, monkeypatch):
     monkeypatch.setenv("SOUNDWATCH_CACHE", str(tmp_path))
     calls = []
 
-    @register_encoder
+    @ENCODERS.register
     class CountingEncoder(RandomConvEncoder):
         name = "test-counting-cnn"
 
@@ -261,14 +273,14 @@ def test_embedding_cache_hit_on_second_call(slider, tmp_path, monkeypatch):
 
     try:
         clips = slider[1]
-        encoder = get_encoder("test-counting-cnn")
+        encoder = ENCODERS.create("test-counting-cnn")
         vectors, frames = embed_clips(clips, encoder, "meanstd")
         assert len(calls) == len(clips)
         assert vectors.shape == (len(clips), 128)
         assert all(f.shape[1] == 64 and f.dtype == np.float32 for f in frames)
         assert list((tmp_path / "encoder-test-counting-cnn").rglob("*.npy"))
 
-        again, frames_again = embed_clips(clips, get_encoder("test-counting-cnn"), "meanstd")
+        again, frames_again = embed_clips(clips, ENCODERS.create("test-counting-cnn"), "meanstd")
         assert len(calls) == len(clips)  # every clip came from the cache
         np.testing.assert_array_equal(again, vectors)
         # Pooling happens after the cache: another pooling needs no network pass either.
@@ -276,7 +288,7 @@ def test_embedding_cache_hit_on_second_call(slider, tmp_path, monkeypatch):
         assert len(calls) == len(clips)
         np.testing.assert_allclose(pooled_max, np.stack([f.max(0) for f in frames_again]))
     finally:
-        ENCODERS.pop("test-counting-cnn", None)
+        ENCODERS.unregister("test-counting-cnn")
 
 
 @pytest.mark.parametrize("scorer", SCORER_NAMES)

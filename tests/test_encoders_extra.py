@@ -20,9 +20,9 @@ import torch
 from soundwatch.data.datasets import discover
 from soundwatch.detectors import embedding  # noqa: F401  (registration)
 from soundwatch.detectors.registry import create
-from soundwatch.encoders import base as encoder_base
 from soundwatch.encoders import download, panns, resnet, vggish  # also registers them
-from soundwatch.encoders.base import ENCODERS, Encoder, get_encoder
+from soundwatch.encoders import registry as encoder_registry
+from soundwatch.encoders.base import Encoder
 from soundwatch.encoders.download import (
     RANDOM_WEIGHTS,
     download_checkpoint,
@@ -34,6 +34,7 @@ from soundwatch.encoders.download import (
     weights_cache_dir,
     weights_env_var,
 )
+from soundwatch.encoders.registry import ENCODERS
 from soundwatch.errors import ModelFileError
 
 NAMES = ["panns-cnn14", "panns-cnn14-16k", "vggish", "resnet50-imagenet"]
@@ -61,7 +62,7 @@ def random_encoders() -> dict[str, Encoder]:
 
 def random_encoder(cache: dict[str, Encoder], name: str) -> Encoder:
     if name not in cache:
-        cache[name] = get_encoder(name, weights=RANDOM_WEIGHTS).load()
+        cache[name] = ENCODERS.create(name, weights=RANDOM_WEIGHTS).load()
     return cache[name]
 
 
@@ -87,7 +88,7 @@ def checkpoints(random_encoders: dict, tmp_path_factory: pytest.TempPathFactory)
         return paths[name]
 
     yield get
-    encoder_base._cached_encoder.cache_clear()
+    encoder_registry._cached_encoder.cache_clear()
     for path in paths.values():
         path.unlink()
 
@@ -98,7 +99,7 @@ def shared_encoder(name: str, path: Path) -> Encoder:
     Detectors share one encoder per (name, weights, device, batch size); taking it from
     the same cache builds and loads each large network once for all tests.
     """
-    return encoder_base.shared_encoder(name, str(path), "cpu", 8)
+    return encoder_registry.shared_encoder(name, str(path), "cpu", 8)
 
 
 def noise(encoder: Encoder, seconds: float, batch: int = 2, seed: int = 0) -> np.ndarray:
@@ -225,15 +226,15 @@ def test_registered_with_metadata() -> None:
         "resnet50-imagenet": (16000, 2048),
     }
     for name, (rate, dim) in expected.items():
-        cls = ENCODERS[name]
+        cls = ENCODERS.get(name)
         assert (cls.sample_rate, cls.embedding_dim, cls.requires_weights) == (rate, dim, True)
         assert cls.summary and cls.env_var() == weights_env_var(name)
     # Both Cnn14 front ends hop 10 ms: one frame embedding per 32 hops.
     for name in ("panns-cnn14", "panns-cnn14-16k"):
-        cls = ENCODERS[name]
+        cls = ENCODERS.get(name)
         assert cls.frame_seconds == pytest.approx(32 * cls.hop_length / cls.sample_rate)
-    assert ENCODERS["vggish"].frame_seconds == pytest.approx(0.96)
-    assert ENCODERS["resnet50-imagenet"].frame_seconds == pytest.approx(0.64)
+    assert ENCODERS.get("vggish").frame_seconds == pytest.approx(0.96)
+    assert ENCODERS.get("resnet50-imagenet").frame_seconds == pytest.approx(0.64)
     assert weights_env_var("panns-cnn14-16k") == "SOUNDWATCH_PANNS_CNN14_16K_WEIGHTS"
 
 
@@ -326,7 +327,7 @@ def test_wrong_architecture_is_a_one_line_error(tmp_path: Path, random_encoders:
     path = tmp_path / "bad.pth"
     torch.save(state, path)
     with pytest.raises(ModelFileError, match="does not fit vggish") as info:
-        get_encoder("vggish", weights=str(path)).load()
+        ENCODERS.create("vggish", weights=str(path)).load()
     message = str(info.value)
     assert "1 missing (e.g. embeddings.4.bias)" in message and "1 shape" in message
     assert "\n" not in message
@@ -336,12 +337,12 @@ def test_wrong_architecture_is_a_one_line_error(tmp_path: Path, random_encoders:
 def test_offline_error_names_url_and_where_to_put_the_file(
     name: str, isolated_cache: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    cls = ENCODERS[name]
+    cls = ENCODERS.get(name)
     monkeypatch.setattr(cls, "checkpoint", dataclasses.replace(cls.checkpoint, url=OFFLINE_URL))
     assert cls.local_weights() is None and not cls.weights_available()
     assert cls.weights_available(RANDOM_WEIGHTS)
     with pytest.raises(ModelFileError) as info:
-        get_encoder(name).load()
+        ENCODERS.create(name).load()
     message = str(info.value)
     file_name = cls.checkpoint.file_name
     assert message.startswith(f"cannot download {name} weights {file_name} from {OFFLINE_URL} (")
@@ -351,7 +352,7 @@ def test_offline_error_names_url_and_where_to_put_the_file(
 
 
 def test_official_urls_and_checksums() -> None:
-    specs = {name: ENCODERS[name].checkpoint for name in NAMES}
+    specs = {name: ENCODERS.get(name).checkpoint for name in NAMES}
     assert specs["panns-cnn14"].url.startswith("https://zenodo.org/records/3987831/files/Cnn14_")
     assert specs["panns-cnn14-16k"].key == "model" and specs["vggish"].key is None
     for name, spec in specs.items():
@@ -518,14 +519,14 @@ def test_resolve_explicit_env_and_cache(
 def test_cache_identity_of_env_var_files(
     tmp_path: Path, isolated_cache: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    cls = ENCODERS["vggish"]
-    assert get_encoder("vggish").weights_identity() == "default"  # the pinned release
+    cls = ENCODERS.get("vggish")
+    assert ENCODERS.create("vggish").weights_identity() == "default"  # the pinned release
     custom = tmp_path / "my-vggish.pth"
     custom.write_bytes(b"fine-tuned")
     monkeypatch.setenv(cls.env_var(), str(custom))
     # An unverified file of another name must not share the release's cached embeddings.
     expected = hashlib.sha256(b"fine-tuned").hexdigest()
-    assert get_encoder("vggish").weights_identity() == expected
+    assert ENCODERS.create("vggish").weights_identity() == expected
     assert cls.local_weights() == custom and cls.weights_available()
 
 

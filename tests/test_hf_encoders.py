@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from soundwatch.encoders import hf
-from soundwatch.encoders.base import ENCODERS, embed_clips, get_encoder
+from soundwatch.encoders.embed import embed_clips
 from soundwatch.encoders.hf import (
     RANDOM_SMALL,
     ASTEncoder,
@@ -20,6 +20,7 @@ from soundwatch.encoders.hf import (
     ast_input_values,
     kaldi_fbank,
 )
+from soundwatch.encoders.registry import ENCODERS
 from soundwatch.errors import ConfigError, ModelFileError
 
 ENCODER_CLASSES = [ASTEncoder, Wav2Vec2Encoder]
@@ -89,10 +90,10 @@ def test_ast_input_values_chunks_long_clips():
 
 
 def test_registered_without_loading():
-    assert ENCODERS["ast"] is ASTEncoder and ENCODERS["wav2vec2"] is Wav2Vec2Encoder
-    encoder = get_encoder("ast", weights=RANDOM_SMALL)
+    assert ENCODERS.get("ast") is ASTEncoder and ENCODERS.get("wav2vec2") is Wav2Vec2Encoder
+    encoder = ENCODERS.create("ast", weights=RANDOM_SMALL)
     assert encoder.embedding_dim == 32 and not encoder._loaded
-    assert get_encoder("wav2vec2").embedding_dim == 768
+    assert ENCODERS.create("wav2vec2").embedding_dim == 768
     # The frame period of the default architectures, known without a network.
     assert ASTEncoder.frame_seconds == pytest.approx(0.1)
     assert Wav2Vec2Encoder.frame_seconds == pytest.approx(0.02)
@@ -169,7 +170,7 @@ def test_local_folder_and_env_weights(transformers, waveforms, tmp_path, monkeyp
     assert hf.is_hf_folder(folder) and json.loads((folder / "config.json").read_text())
     expected = random.frame_embeddings(waveforms[:2])
 
-    from_folder = get_encoder(cls.name, weights=str(folder))
+    from_folder = ENCODERS.create(cls.name, weights=str(folder))
     assert from_folder.embedding_dim == 32  # read from config.json before loading
     np.testing.assert_allclose(from_folder.frame_embeddings(waveforms[:2]), expected, atol=1e-5)
     identity = from_folder.weights_identity()
@@ -224,8 +225,8 @@ def test_module_imports_without_transformers():
     code = (
         "import sys; sys.modules['transformers'] = None\n"
         "from soundwatch.encoders import hf\n"
-        "from soundwatch.encoders.base import get_encoder\n"
-        "assert get_encoder('ast').embedding_dim == 768\n"
+        "from soundwatch.encoders.registry import ENCODERS\n"
+        "assert ENCODERS.create('ast').embedding_dim == 768\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).parents[1])
 

@@ -109,9 +109,9 @@ def cmd_detectors(args: argparse.Namespace) -> int:
 
 
 def cmd_encoders(args: argparse.Namespace) -> int:
-    from soundwatch.encoders.base import available_encoders
+    from soundwatch.encoders.registry import ENCODERS
 
-    encoders = available_encoders()
+    encoders = ENCODERS.available()
     width = max(map(len, encoders))
     for name, cls in encoders.items():
         if not cls.requires_weights:

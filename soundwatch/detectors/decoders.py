@@ -10,7 +10,7 @@ sound the decoder has learnt to invert, and anomalous sound is reconstructed wor
     Per encoder frame, an MLP predicts the block of soundwatch log-mel frames (16 kHz,
     128 mels, hop 512; standardised per band) that fall in that frame's time span. Works
     with any encoder (``random-cnn``, EfficientAT, AST, wav2vec2). Frame embeddings
-    come from :func:`~soundwatch.encoders.base.embed_clips`, i.e. the on-disk feature
+    come from :func:`~soundwatch.encoders.embed.embed_clips`, i.e. the on-disk feature
     cache shared with the ``embedding`` detectors, and log-mels from the log-mel cache:
     the encoder runs once per clip ever, and training itself only touches the MLP.
 ``encoder-unet-decoder``
@@ -47,8 +47,10 @@ from soundwatch.detectors.frontend import LOGMEL_PARAMS, LogMelFrontend
 from soundwatch.detectors.neural import TRAIN_PARAMS, TorchDetectorMixin
 from soundwatch.detectors.params import Param
 from soundwatch.detectors.registry import register
-from soundwatch.encoders.base import Encoder, embed_clips, shared_encoder
+from soundwatch.encoders.base import Encoder
+from soundwatch.encoders.embed import embed_clips
 from soundwatch.encoders.pretrained import EfficientATEncoder
+from soundwatch.encoders.registry import shared_encoder
 from soundwatch.errors import ConfigError, ModelFileError
 from soundwatch.features.scaling import Standardizer
 

@@ -23,14 +23,10 @@ from soundwatch.detectors.frontend import LOGMEL_PARAMS
 from soundwatch.detectors.params import Param
 from soundwatch.detectors.registry import register
 from soundwatch.detectors.scorers import METRICS, SCORERS, Scorer, create_scorer, parse_gamma
-from soundwatch.encoders.base import (
-    DEFAULT_GEM_P,
-    POOLINGS,
-    Encoder,
-    available_encoders,
-    embed_clips,
-    shared_encoder,
-)
+from soundwatch.encoders.base import Encoder
+from soundwatch.encoders.embed import embed_clips
+from soundwatch.encoders.pooling import DEFAULT_GEM_P, POOLINGS
+from soundwatch.encoders.registry import ENCODERS, shared_encoder
 from soundwatch.errors import ConfigError, ModelFileError
 
 DEFAULT_ENCODER = "efficientat-mn04"
@@ -105,11 +101,10 @@ class EmbeddingDetector(Detector):
     # ----------------------------------------------------------------- helpers
     def get_encoder(self) -> Encoder:
         """The configured encoder; ConfigError listing the registered ones if unknown."""
-        known = available_encoders()
-        if self.encoder not in known:
+        if self.encoder not in ENCODERS:
             raise ConfigError(
                 f"{self.name}: unknown encoder {self.encoder!r}; "
-                f"available: {', '.join(known) or 'none'}"
+                f"available: {', '.join(ENCODERS.names()) or 'none'}"
             )
         return shared_encoder(self.encoder, self.weights, self.device, self.batch_size)
 

@@ -32,7 +32,7 @@ initialised network (hidden size 32, 2 layers; deterministic given ``seed``), an
 ``config=`` builds a random network of any configuration (a dict of config fields or a
 ``transformers`` config object)::
 
-    encoder = get_encoder("ast", weights="random-small")
+    encoder = ENCODERS.create("ast", weights="random-small")
     frames = encoder.frame_embeddings(waveforms_16k)  # (batch, n_frames, 32)
 """
 
@@ -49,9 +49,11 @@ from typing import Any, ClassVar
 
 import torch
 
-from soundwatch.encoders.base import Encoder, file_digests, register_encoder
+from soundwatch.encoders.base import Encoder
+from soundwatch.encoders.digests import file_digests
 from soundwatch.encoders.download import first_line
 from soundwatch.encoders.efficientat import kaldi_mel_filterbank
+from soundwatch.encoders.registry import ENCODERS
 from soundwatch.errors import ConfigError, ModelFileError
 
 #: ``weights`` value that builds a tiny randomly initialised network (tests, offline).
@@ -414,7 +416,7 @@ class HFEncoder(Encoder):
         return f"{super().__repr__()[:-1]}{extra})"
 
 
-@register_encoder
+@ENCODERS.register
 class ASTEncoder(HFEncoder):
     """Audio Spectrogram Transformer (AudioSet fine-tuned, mAP 0.459), 16 kHz, 768-d.
 
@@ -499,7 +501,7 @@ class ASTEncoder(HFEncoder):
         return {**super().cache_params(), "output": self.output}
 
 
-@register_encoder
+@ENCODERS.register
 class Wav2Vec2Encoder(HFEncoder):
     """wav2vec 2.0 base (self-supervised on LibriSpeech 960 h), 16 kHz, 768-d.
 

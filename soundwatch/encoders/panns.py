@@ -31,8 +31,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from soundwatch.encoders.base import register_encoder
-from soundwatch.encoders.download import Checkpoint, CheckpointEncoder, pad_to_length
+from soundwatch.encoders.checkpoint import Checkpoint, CheckpointEncoder, pad_to_length
+from soundwatch.encoders.registry import ENCODERS
 from soundwatch.features.logmel import mel_filterbank
 
 #: AudioSet classes of the tagging head.
@@ -299,7 +299,7 @@ class PANNsCnn14Encoder(CheckpointEncoder):
         return self.network.feature_map(x).mean(dim=3).transpose(1, 2)
 
 
-@register_encoder
+@ENCODERS.register
 class PANNsCnn14(PANNsCnn14Encoder):
     __doc__ = PANNsCnn14Encoder.__doc__
     name = "panns-cnn14"
@@ -319,7 +319,7 @@ class PANNsCnn14(PANNsCnn14Encoder):
     )
 
 
-@register_encoder
+@ENCODERS.register
 class PANNsCnn14_16k(PANNsCnn14Encoder):
     __doc__ = PANNsCnn14Encoder.__doc__
     name = "panns-cnn14-16k"

@@ -33,13 +33,8 @@ from pathlib import Path
 
 import torch
 
-from soundwatch.encoders.base import register_encoder
-from soundwatch.encoders.download import (
-    Checkpoint,
-    CheckpointEncoder,
-    load_checkpoint,
-    resolve_checkpoint,
-)
+from soundwatch.encoders.checkpoint import Checkpoint, CheckpointEncoder
+from soundwatch.encoders.download import load_checkpoint, resolve_checkpoint
 from soundwatch.encoders.efficientat import (
     EFFICIENTAT_MODELS,
     SAMPLE_RATE,
@@ -48,6 +43,7 @@ from soundwatch.encoders.efficientat import (
     make_divisible,
     model_config,
 )
+from soundwatch.encoders.registry import ENCODERS
 
 #: Environment variable naming a checkpoint file or a folder of checkpoints.
 WEIGHTS_ENV = "SOUNDWATCH_EFFICIENTAT_WEIGHTS"
@@ -186,7 +182,7 @@ def _register_family() -> None:
                 "checkpoint": efficientat_checkpoint(model),
             },
         )
-        register_encoder(cls)
+        ENCODERS.register(cls)
 
 
 _register_family()

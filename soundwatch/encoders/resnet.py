@@ -24,8 +24,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from soundwatch.encoders.base import mel_power, register_encoder
-from soundwatch.encoders.download import Checkpoint, CheckpointEncoder, pad_to_length
+from soundwatch.encoders.checkpoint import Checkpoint, CheckpointEncoder, pad_to_length
+from soundwatch.encoders.frontend import mel_power
+from soundwatch.encoders.registry import ENCODERS
 from soundwatch.features.logmel import mel_filterbank
 
 #: Bottlenecks per layer of ResNet-50.
@@ -178,7 +179,7 @@ class LogMelImage(nn.Module):
         return (unit[:, None] - self.mean) / self.std
 
 
-@register_encoder
+@ENCODERS.register
 class ResNet50ImageNetEncoder(CheckpointEncoder):
     """ResNet-50 (ImageNet, torchvision IMAGENET1K_V1) on 128-band log-mel images, 16 kHz.
 

@@ -31,8 +31,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from soundwatch.encoders.base import register_encoder
-from soundwatch.encoders.download import Checkpoint, CheckpointEncoder, pad_to_length
+from soundwatch.encoders.checkpoint import Checkpoint, CheckpointEncoder, pad_to_length
+from soundwatch.encoders.registry import ENCODERS
 
 SAMPLE_RATE = 16000
 WINDOW_LENGTH = 400  # 25 ms
@@ -160,7 +160,7 @@ class VGGish(nn.Module):
         return self.embeddings(x)
 
 
-@register_encoder
+@ENCODERS.register
 class VGGishEncoder(CheckpointEncoder):
     """VGGish (AudioSet/YouTube, TensorFlow weights via torchvggish), 16 kHz.
 
