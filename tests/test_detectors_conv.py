@@ -35,28 +35,16 @@ def slider(shared_dir):
     return discover(root, "slider", "train"), discover(root, "slider", "test")
 
 
-def round_trip(detector, test, tmp_path):
-    scores = detector.score(test)
-    assert scores.shape == (6,) and np.isfinite(scores).all()
-    loaded = Detector.load(detector.save(tmp_path / "model.safetensors"))
-    assert type(loaded) is type(detector)
-    assert loaded.get_params() == detector.get_params()
-    assert np.array_equal(loaded.score(test), scores)
-    return loaded
-
-
-@pytest.mark.parametrize("name", sorted(FAST))
-def test_fit_score_save_load_round_trip(name, slider, tmp_path):
+@pytest.mark.slow
+def test_conv_ae_end_to_end_on_real_slider(slider, tmp_path):
+    """The conv family end to end on real clips: held-out validation, min-max scaling
+    fitted on the training patches and stored in the model file."""
     train, test = slider
-    detector = create(name, **FAST[name]).fit(train)
+    detector = create("conv-ae", **FAST["conv-ae"]).fit(train)
     assert 1 <= len(detector.history_["train_loss"]) <= 2
     assert np.isfinite(detector.history_["valid_loss"]).all()  # held-out normals used
-    round_trip(detector, test, tmp_path)
-
-
-def test_conv_ae_stores_min_max_scaling(slider, tmp_path):
-    train, _ = slider
-    detector = create("conv-ae", **FAST["conv-ae"]).fit(train)
+    scores = detector.score(test)
+    assert scores.shape == (6,) and np.isfinite(scores).all()
     low, high = detector.scaler_.min_, detector.scaler_.max_
     assert low < high
     _, metadata = read_model_file(detector.save(tmp_path / "ae.safetensors"))
@@ -64,8 +52,8 @@ def test_conv_ae_stores_min_max_scaling(slider, tmp_path):
     assert metadata["state"]["scaling"] == "minmax"
 
 
-def test_svdd_center_is_fixed_before_training_and_saved(slider, tmp_path, monkeypatch):
-    train, test = slider
+def test_svdd_center_is_fixed_before_training_and_saved(tiny_slider, tmp_path, monkeypatch):
+    train, _ = tiny_slider
     before = {}
     original = TorchDetectorMixin.run_training
 
@@ -86,20 +74,20 @@ def test_svdd_center_is_fixed_before_training_and_saved(slider, tmp_path, monkey
         for m in detector.network_.encoder.modules()
         if isinstance(m, torch.nn.Conv2d | torch.nn.Linear)
     )
-    loaded = round_trip(detector, test, tmp_path)
+    loaded = Detector.load(detector.save(tmp_path / "svdd.safetensors"))
     assert np.array_equal(loaded.center_, center)
 
 
-def test_svdd_with_reconstruction_term_and_skip_connections(slider, tmp_path):
-    train, test = slider
+def test_svdd_with_reconstruction_term_and_skip_connections(tiny_slider):
+    train, _ = tiny_slider
     params = {**FAST["conv-ae-svdd"], "epochs": 1, "recon_weight": 0.5, "skip": True}
     detector = create("conv-ae-svdd", **params).fit(train)
     assert detector.network_.decoder is not None and detector.network_.decoder.skip
-    round_trip(detector, test, tmp_path)
+    assert np.isfinite(detector.history_["train_loss"]).all()
 
 
-def test_vae_grid_search_records_results(slider, tmp_path):
-    train, test = slider
+def test_vae_grid_search_records_results(tiny_slider, tmp_path):
+    train, test = tiny_slider
     params = {
         **FAST["conv-vae"],
         "epochs": 1,
