@@ -1,18 +1,11 @@
-"""Anomaly detectors. Importing this package registers every built-in detector."""
+"""Anomaly detectors, registered by name.
 
-from soundwatch.detectors import (  # noqa: F401  (registration)
-    conv,
-    dcase2020_ae,
-    decoders,
-    embedding,
-    ensemble,
-    id_classifier,
-    mahalanobis,
-    mlp_ae,
-    recurrent,
-    vae,
-)
+Importing this package imports no detector module (and no torch): each built-in
+detector's module is imported when that detector is first created or loaded (see
+:mod:`soundwatch.detectors.registry`).
+"""
+
 from soundwatch.detectors.base import Detector
-from soundwatch.detectors.registry import available, create, get, register
+from soundwatch.detectors.registry import available, create, get, names, register, summaries
 
-__all__ = ["Detector", "available", "create", "get", "register"]
+__all__ = ["Detector", "available", "create", "get", "names", "register", "summaries"]

@@ -27,10 +27,13 @@ from soundwatch.thresholds import (
     fit_thresholds,
     parse_threshold_method,
 )
-from soundwatch.training.loop import seed_everything
 
 # Thresholds per machine ID need enough calibration clips to fit a gamma distribution.
 MIN_CLIPS_PER_ID_THRESHOLD = 8
+#: Key of clips without a machine ID wherever clips are grouped by ID (splits, models).
+NO_ID = ""
+#: Key of the threshold and calibration scores pooled over every machine ID; clips
+#: without an ID are calibrated and judged with the pooled threshold.
 POOLED = "all"
 
 COMMON_PARAMS: dict[str, Param] = {
@@ -52,6 +55,11 @@ COMMON_PARAMS: dict[str, Param] = {
 }
 
 
+def id_key(clip: Clip) -> str:
+    """The machine ID a clip is grouped under (:data:`NO_ID` when it has none)."""
+    return clip.machine_id or NO_ID
+
+
 def holdout_split(
     clips: Sequence[Clip], fraction: float, seed: int
 ) -> tuple[list[Clip], list[Clip]]:
@@ -59,10 +67,8 @@ def holdout_split(
     rng = np.random.default_rng(seed)
     train: list[Clip] = []
     held_out: list[Clip] = []
-    for machine_id in sorted({c.machine_id or "" for c in clips}):
-        group = sorted(
-            (c for c in clips if (c.machine_id or "") == machine_id), key=lambda c: str(c.path)
-        )
+    for machine_id in sorted({id_key(c) for c in clips}):
+        group = sorted((c for c in clips if id_key(c) == machine_id), key=lambda c: str(c.path))
         n_held = round(fraction * len(group)) if len(group) >= 4 else 0
         if fraction > 0 and len(group) >= 4:
             n_held = max(n_held, 1)
@@ -186,17 +192,21 @@ class Detector(ABC):
             raise ConfigError(
                 f"{self.name}: training clips must be normal, got {n_anomalous} anomalous clips"
             )
+        # Imported here: the training loop imports torch, which loading and scoring a
+        # non-neural detector never need.
+        from soundwatch.training.loop import seed_everything
+
         start = time.perf_counter()
         train, valid = holdout_split(clips, self.validation_fraction, self.seed)
         seed_everything(self.seed)
         if self.per_id:
             self._members = {}
-            for machine_id in sorted({c.machine_id or "" for c in clips}):
+            for machine_id in sorted({id_key(c) for c in clips}):
                 member = type(self)(**{**self.get_params(), "per_id": False})
                 seed_everything(self.seed)
                 member._fit(
-                    [c for c in train if (c.machine_id or "") == machine_id],
-                    [c for c in valid if (c.machine_id or "") == machine_id],
+                    [c for c in train if id_key(c) == machine_id],
+                    [c for c in valid if id_key(c) == machine_id],
                 )
                 self._members[machine_id] = member
         else:
@@ -246,7 +256,7 @@ class Detector(ABC):
         scores = np.empty(len(clips))
         by_id: dict[str | None, list[int]] = {}
         for i, clip in enumerate(clips):
-            key = (clip.machine_id or "") if (clip.machine_id or "") in self._members else None
+            key = id_key(clip) if id_key(clip) in self._members else None
             by_id.setdefault(key, []).append(i)
         for key, indices in by_id.items():
             subset = [clips[i] for i in indices]
@@ -276,7 +286,7 @@ class Detector(ABC):
             raise ConfigError(f"{self.name}: detector is not fitted; call fit() first")
         owner: Detector = self
         if self._members:
-            key = clip.machine_id or ""
+            key = id_key(clip)
             if key in self._members:
                 owner = self._members[key]
             else:  # as in scoring: judged by the ID model that finds it most normal
@@ -418,14 +428,13 @@ class Detector(ABC):
     @classmethod
     def load(cls, path: str | Path) -> Detector:
         """Read a model file written by :meth:`save`; returns the registered detector class."""
-        from soundwatch.detectors.registry import available
+        from soundwatch.detectors.registry import DETECTORS
 
         tensors, metadata = read_model_file(Path(path))
         name = metadata.get("detector")
-        detectors = available()
-        if name not in detectors:
+        if not isinstance(name, str) or name not in DETECTORS:
             raise ModelFileError(f"{path} holds unknown detector {name!r}")
-        detector_cls = detectors[name]
+        detector_cls = DETECTORS.get(name)  # imports only that detector's module
         if cls is not Detector and not issubclass(detector_cls, cls):
             raise ModelFileError(f"{path} holds a {name} model, not {cls.name}")
         try:

@@ -17,7 +17,7 @@ the study reports do not fix are kept small.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import replace
 from typing import ClassVar
 
@@ -26,110 +26,33 @@ import torch
 from torch import nn
 
 from soundwatch.data.clips import Clip
-from soundwatch.detectors.base import Detector
-from soundwatch.detectors.frontend import LOGMEL_PARAMS, LogMelFrontend
-from soundwatch.detectors.neural import TRAIN_PARAMS, TorchDetectorMixin
-from soundwatch.detectors.params import Param
+from soundwatch.detectors.frontend import LOGMEL_PARAMS
+from soundwatch.detectors.neural import TRAIN_PARAMS
+from soundwatch.detectors.params import Param, override, parse_list
 from soundwatch.detectors.registry import register
-from soundwatch.detectors.windows import overlap_average
+from soundwatch.detectors.windows import FrameStoreDetector
 from soundwatch.errors import ConfigError
 from soundwatch.features.frames import FrameStore
-from soundwatch.features.scaling import Standardizer
+from soundwatch.features.scaling import MinMaxScaler
 from soundwatch.training.loop import TrainConfig, seed_everything, shuffled_batches
 
-SCORE_BATCH = 256
-
 PATCH_PARAMS: dict[str, Param] = {
+    **LOGMEL_PARAMS,
+    **override(TRAIN_PARAMS, epochs=30, batch_size=64, lr_patience=3, early_stopping_patience=6),
     "frames": Param(32, "consecutive log-mel frames per input patch", low=1),
     "train_stride": Param(8, "frames between candidate training patch starts", low=1),
     "train_patches": Param(
         4, "random patches per clip per epoch from the training grid (0 = all)", low=0
     ),
     "score_stride": Param(16, "frames between patch starts when scoring and validating", low=1),
-}
-
-CONV_TRAIN_PARAMS: dict[str, Param] = {
-    **TRAIN_PARAMS,
-    "epochs": Param(30, "maximum training epochs", low=1),
-    "batch_size": Param(64, "training batch size (patches)", low=1),
-    "lr_patience": Param(3, "ReduceLROnPlateau patience in epochs (0 = off)", low=0),
-    "early_stopping_patience": Param(
-        6, "stop after this many epochs without validation improvement (0 = off)", low=0
+    "channels": Param(
+        "8,16,32",
+        "filters of the encoder blocks, comma-separated (one block each; the decoder mirrors them)",
     ),
 }
 
 
 # ----------------------------------------------------------------------------- helpers
-def parse_list(name: str, text: str, kind: type, low: float) -> tuple:
-    """Parse a comma-separated parameter such as ``"16,32,64"`` into a tuple."""
-    try:
-        values = tuple(kind(part) for part in str(text).split(",") if part.strip())
-    except ValueError:
-        raise ConfigError(
-            f"parameter {name} expects comma-separated {kind.__name__}s, got {text!r}"
-        ) from None
-    if not values:
-        raise ConfigError(f"parameter {name} is empty")
-    if any(v < low for v in values):
-        raise ConfigError(f"parameter {name} values must be >= {low}, got {text!r}")
-    return values
-
-
-def channels_param(default: str) -> Param:
-    return Param(
-        default,
-        "filters of the encoder blocks, comma-separated (one block each; the decoder mirrors them)",
-    )
-
-
-class MinMaxScaler:
-    """Global min-max scaling to [0, 1], fitted on training normals.
-
-    One minimum and one maximum over all bands and frames, so the spectrogram keeps its
-    shape like an image; unseen clips may fall slightly outside [0, 1].
-    """
-
-    def __init__(self) -> None:
-        self.min_: float | None = None
-        self.max_: float | None = None
-
-    def fit(self, arrays: Sequence[np.ndarray]) -> MinMaxScaler:
-        """Fit on arrays of shape (n_features, n_frames_i)."""
-        if not arrays:
-            raise ConfigError("cannot fit a min-max scaler on no data")
-        self.min_ = float(min(a.min() for a in arrays))
-        self.max_ = float(max(a.max() for a in arrays))
-        return self
-
-    def apply_(self, frames: np.ndarray) -> None:
-        """Scale a float32 frame matrix of shape (n_frames, n_features) in place."""
-        span = self.max_ - self.min_
-        frames -= np.float32(self.min_)
-        frames *= np.float32(1.0 / span if span > 0 else 1.0)
-
-    def to_dict(self) -> dict:
-        return {"min": self.min_, "max": self.max_}
-
-    @classmethod
-    def from_dict(cls, state: dict) -> MinMaxScaler:
-        scaler = cls()
-        scaler.min_, scaler.max_ = float(state["min"]), float(state["max"])
-        return scaler
-
-
-def standardize_(scaler: Standardizer, frames: np.ndarray) -> None:
-    """Standardise a float32 frame matrix of shape (n_frames, n_features) in place."""
-    frames -= scaler.mean_
-    frames /= scaler.scale_
-
-
-def to_images(windows: np.ndarray) -> torch.Tensor:
-    """(B, frames, n_mels) windows from FrameStore -> (B, 1, n_mels, frames) tensor in
-    channels-last memory format (oneDNN's fast CPU path, ~1.5-2x faster here)."""
-    images = torch.from_numpy(np.ascontiguousarray(windows.transpose(0, 2, 1))[:, None])
-    return images.contiguous(memory_format=torch.channels_last)
-
-
 def sample_patches(store: FrameStore, per_clip: int, rng: np.random.Generator) -> np.ndarray:
     """Indices of ``per_clip`` distinct random windows of every clip (all if fewer; all
     windows if ``per_clip`` is 0), shuffled."""
@@ -273,7 +196,7 @@ def patch_mse(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 # ----------------------------------------------------------------------------- networks
 class ConvAutoencoder(nn.Module):
-    """Encoder + decoder with sigmoid output, MSE loss; ``patch_scores`` is the MSE."""
+    """Encoder + decoder with sigmoid output, MSE loss; ``window_scores`` is the MSE."""
 
     def __init__(self, input_shape: tuple[int, int], channels: Sequence[int], latent: int) -> None:
         super().__init__()
@@ -286,7 +209,7 @@ class ConvAutoencoder(nn.Module):
     def loss(self, batch: torch.Tensor) -> torch.Tensor:
         return torch.mean((self(batch) - batch) ** 2)
 
-    def patch_scores(self, x: torch.Tensor) -> torch.Tensor:
+    def window_scores(self, x: torch.Tensor) -> torch.Tensor:
         return patch_mse(self(x), x)
 
     def element_errors(self, x: torch.Tensor) -> torch.Tensor:
@@ -353,7 +276,11 @@ class DeepSVDDNetwork(nn.Module):
             )
         return loss
 
-    patch_scores = distances
+    window_scores = distances
+
+    def element_errors(self, x: torch.Tensor) -> None:
+        """None: a distance of codes does not decompose over pixels, so no anomaly map."""
+        return None
 
 
 class ConvVAENetwork(nn.Module):
@@ -391,7 +318,7 @@ class ConvVAENetwork(nn.Module):
     def loss(self, batch: torch.Tensor) -> torch.Tensor:
         return torch.mean(self.neg_elbo(batch, self.beta, sample=self.training))
 
-    def patch_scores(self, x: torch.Tensor) -> torch.Tensor:
+    def window_scores(self, x: torch.Tensor) -> torch.Tensor:
         mean = self.encoder(x)[0].chunk(2, dim=1)[0]
         return patch_mse(self.decoder(mean), x)
 
@@ -403,18 +330,21 @@ class ConvVAENetwork(nn.Module):
 
 
 # ----------------------------------------------------------------------------- detectors
-class ConvPatchDetector(LogMelFrontend, TorchDetectorMixin, Detector):
-    """Shared machinery of the patch detectors (not registered itself).
+class ConvPatchDetector(FrameStoreDetector):
+    """The patch detectors' part of :class:`FrameStoreDetector` (not registered): image
+    batches, patch sampling per clip, and encoder depth checks.
 
-    Subclasses set ``scaling`` ("minmax" or "standard"), build their network in
-    ``_new_network`` and may add state in ``_extra_state``/``_load_extra_state``.
+    Subclasses build their network in ``_build_network`` from :attr:`input_shape`.
     """
 
-    scaling: ClassVar[str] = "standard"
+    layout: ClassVar[str] = "images"
+    # Convolutions over full-resolution 128 x 32 images cost far more memory per window
+    # than the dense and recurrent networks' windows.
+    score_batch_size: ClassVar[int] = 256
 
     def __init__(self, **params) -> None:
         super().__init__(**params)
-        self._channels = parse_list("channels", self.channels, int, 1)
+        self._channels = parse_list("channels", self.channels)
         depth = len(self._channels)
         for key in ("n_mels", "frames"):
             if getattr(self, key) % 2**depth:
@@ -427,119 +357,28 @@ class ConvPatchDetector(LogMelFrontend, TorchDetectorMixin, Detector):
     def input_shape(self) -> tuple[int, int]:
         return (self.n_mels, self.frames)
 
-    # -------------------------------------------------------------- features
-    def _fit_scaler(self, logmels: list[np.ndarray]) -> None:
-        self.scaler_ = (MinMaxScaler() if self.scaling == "minmax" else Standardizer()).fit(logmels)
+    def _context(self) -> int:
+        return self.frames
 
-    def _store_from(self, logmels: list[np.ndarray], stride: int) -> FrameStore:
-        store = FrameStore(logmels, self.frames, stride)
-        if isinstance(self.scaler_, MinMaxScaler):
-            self.scaler_.apply_(store.frames)
-        else:
-            standardize_(self.scaler_, store.frames)
-        return store
+    @property
+    def _train_stride(self) -> int:
+        return self.train_stride
 
-    def _store(self, clips: list[Clip], stride: int) -> FrameStore:
-        return self._store_from(self.logmels(clips), stride)
+    @property
+    def _valid_stride(self) -> int:
+        return self.score_stride
 
-    def _train_batches(
-        self, store: FrameStore
-    ) -> Callable[[np.random.Generator], Iterator[torch.Tensor]]:
-        def batches(rng: np.random.Generator) -> Iterator[torch.Tensor]:
-            order = sample_patches(store, self.train_patches, rng)
-            batch_size = min(self.batch_size, len(order))
-            for start in range(0, len(order) - len(order) % batch_size, batch_size):
-                yield to_images(store.windows(order[start : start + batch_size], False))
-
-        return batches
-
-    @staticmethod
-    def _eval_batches(store: FrameStore | None) -> Callable[[], Iterator[torch.Tensor]] | None:
-        if store is None:
-            return None
-
-        def batches() -> Iterator[torch.Tensor]:
-            for idx in shuffled_batches(store.n_windows, SCORE_BATCH, None):
-                yield to_images(store.windows(idx, False))
-
-        return batches
-
-    @staticmethod
-    @torch.inference_mode()
-    def patch_values(store: FrameStore, fn: Callable[[torch.Tensor], torch.Tensor]) -> np.ndarray:
-        """``fn`` applied to every patch of ``store``, shape (n_windows,)."""
-        values = np.empty(store.n_windows, dtype=np.float64)
-        for idx in shuffled_batches(store.n_windows, SCORE_BATCH, None):
-            values[idx] = fn(to_images(store.windows(idx, False))).double().numpy()
-        return values
-
-    # -------------------------------------------------------------- hooks
-    def _new_network(self) -> nn.Module:
-        raise NotImplementedError
-
-    def _build(self) -> nn.Module:
-        """A fresh network in channels-last memory format, like its inputs."""
-        return self._new_network().to(memory_format=torch.channels_last)
-
-    def _prepare(
-        self, train: list[Clip], valid: list[Clip]
-    ) -> tuple[FrameStore, FrameStore | None]:
-        logmels = self.logmels(train)
-        self._fit_scaler(logmels)
-        train_store = self._store_from(logmels, self.train_stride)
-        del logmels
-        valid_store = self._store(valid, self.score_stride) if valid else None
-        return train_store, valid_store
-
-    def _fit(self, train: list[Clip], valid: list[Clip]) -> None:
-        train_store, valid_store = self._prepare(train, valid)
-        self.network_ = self._build()
-        self.run_training(
-            self.network_, self._train_batches(train_store), self._eval_batches(valid_store)
-        )
-
-    def _score(self, clips: list[Clip]) -> np.ndarray:
-        store = self._store(clips, self.score_stride)
-        self.network_.eval()
-        return store.clip_means(self.patch_values(store, self.network_.patch_scores))
-
-    @torch.inference_mode()
-    def _anomaly_map(self, clip: Clip) -> np.ndarray | None:
-        """Patch reconstruction errors (patches at every start frame) averaged per
-        time-frequency cell; None for networks without a reconstruction score
-        (Deep SVDD scores code distances)."""
-        if not hasattr(self.network_, "element_errors"):
-            return None
-        store = self._store([clip], 1)
-        self.network_.eval()
-        parts = []
-        for idx in shuffled_batches(store.n_windows, SCORE_BATCH, None):
-            errors = self.network_.element_errors(to_images(store.windows(idx, False)))
-            # (B, 1, n_mels, frames) -> (B, frames, n_mels), the window layout
-            parts.append(errors[:, 0].permute(0, 2, 1).numpy())
-        return overlap_average(np.concatenate(parts), store.window_starts, int(store.offsets[1]))
-
-    def _extra_state(self) -> dict:
-        return {}
-
-    def _load_extra_state(self, state: dict) -> None:
-        pass
-
-    def _get_state(self) -> tuple[dict[str, np.ndarray], dict]:
-        state = {"scaling": self.scaling, "scaler": self.scaler_.to_dict(), **self._extra_state()}
-        return self.network_arrays(self.network_), state
-
-    def _set_state(self, tensors: dict[str, np.ndarray], state: dict) -> None:
-        scaler_cls = MinMaxScaler if state["scaling"] == "minmax" else Standardizer
-        self.scaler_ = scaler_cls.from_dict(state["scaler"])
-        self._load_extra_state(state)
-        self.network_ = self._build()
-        self.load_network_arrays(self.network_, tensors)
+    def _epoch_batches(self, store: FrameStore, rng: np.random.Generator) -> Iterator[np.ndarray]:
+        """``train_patches`` random patches of every clip, shuffled; a last partial batch
+        is dropped unless it would be the only one."""
+        order = sample_patches(store, self.train_patches, rng)
+        for idx in shuffled_batches(len(order), self.batch_size, None, drop_last=True):
+            yield order[idx]
 
 
 @register
 class ConvAutoencoderDetector(ConvPatchDetector):
-    """Convolutional autoencoder on log-mel patches, MSE score [AUC 0.58].
+    """Convolutional autoencoder on log-mel patches, MSE score.
 
     Input: patches of ``frames`` (32) log-mel frames x ``n_mels`` (128), shape
     (B, 1, 128, 32), min-max scaled to [0, 1] with one global minimum and maximum fitted
@@ -560,25 +399,21 @@ class ConvAutoencoderDetector(ConvPatchDetector):
     """
 
     name = "conv-ae"
-    summary = "convolutional autoencoder on min-max scaled log-mel patches, MSE score"
-    scaling = "minmax"
     params = {
-        **LOGMEL_PARAMS,
-        **CONV_TRAIN_PARAMS,
-        **PATCH_PARAMS,
-        "epochs": Param(25, "maximum training epochs", low=1),
-        "channels": channels_param("8,16,32"),
+        **override(PATCH_PARAMS, epochs=25),
         "latent": Param(64, "dense code size (0 = fully convolutional, no dense layer)", low=0),
     }
 
-    def _new_network(self) -> nn.Module:
+    def _new_scaler(self) -> MinMaxScaler:
+        return MinMaxScaler()
+
+    def _build_network(self, n_features: int) -> nn.Module:
         return ConvAutoencoder(self.input_shape, self._channels, self.latent)
 
 
 @register
 class ConvDeepSVDDDetector(ConvPatchDetector):
-    """CNN encoder trained with the Deep SVDD objective (Ruff et al., 2018)
-    [AUC 0.89-0.90, pAUC 0.73-0.77].
+    """CNN encoder trained with the Deep SVDD objective (Ruff et al., 2018).
 
     Input: standardised (per mel band, fitted on training normals) patches of
     ``frames`` (32) x ``n_mels`` (128) log-mel frames, shape (B, 1, 128, 32).
@@ -604,16 +439,8 @@ class ConvDeepSVDDDetector(ConvPatchDetector):
     """
 
     name = "conv-ae-svdd"
-    summary = "Deep SVDD: bias-free CNN encoder, distance of patch codes to a fixed centre"
     params = {
-        **LOGMEL_PARAMS,
-        **CONV_TRAIN_PARAMS,
-        **PATCH_PARAMS,
-        "epochs": Param(15, "maximum training epochs", low=1),
-        "train_patches": Param(
-            2, "random patches per clip per epoch from the training grid (0 = all)", low=0
-        ),
-        "channels": channels_param("32,64,128,256"),
+        **override(PATCH_PARAMS, epochs=15, train_patches=2, channels="32,64,128,256"),
         "latent": Param(40, "code size (hypersphere dimension)", low=1),
         "dropout": Param(0.2, "dropout after each encoder conv block", low=0.0, high=0.9),
         "latent_dropout": Param(0.3, "dropout before the code layer", low=0.0, high=0.9),
@@ -633,7 +460,7 @@ class ConvDeepSVDDDetector(ConvPatchDetector):
                 "only feed the decoder of the reconstruction term"
             )
 
-    def _new_network(self) -> nn.Module:
+    def _build_network(self, n_features: int) -> nn.Module:
         return DeepSVDDNetwork(
             self.input_shape,
             self._channels,
@@ -651,42 +478,36 @@ class ConvDeepSVDDDetector(ConvPatchDetector):
         return self.network_.center.numpy().copy()
 
     @torch.no_grad()
-    def _init_center(self, network: DeepSVDDNetwork, store: FrameStore) -> None:
+    def _before_training(self, train_store: FrameStore) -> None:
+        """Calibrate BatchNorm on the training patches, then fix the centre c."""
+        network, store = self.network_, train_store
         rng = np.random.default_rng(self.seed)
         order = sample_patches(store, self.train_patches, rng)
-        batches = [order[i : i + SCORE_BATCH] for i in range(0, len(order), SCORE_BATCH)]
+        size = self.score_batch_size
+        batches = [order[i : i + size] for i in range(0, len(order), size)]
         norms = [m for m in network.modules() if isinstance(m, nn.BatchNorm2d)]
         for m in norms:
             m.reset_running_stats()
             m.momentum = None  # cumulative average over the calibration pass
         network.train()
         for idx in batches:
-            network.encoder(to_images(store.windows(idx, False)))
+            network.encoder(self._batch(store, idx))
         for m in norms:
             m.momentum = 0.1
         network.eval()
         total = torch.zeros(self.latent, dtype=torch.float64)
         for idx in batches:
-            total += network.encoder(to_images(store.windows(idx, False)))[0].double().sum(0)
+            total += network.encoder(self._batch(store, idx))[0].double().sum(0)
         center = (total / len(order)).float()
         eps = self.center_eps
         center[(center.abs() < eps) & (center < 0)] = -eps
         center[(center.abs() < eps) & (center >= 0)] = eps
         network.center.copy_(center)
 
-    def _fit(self, train: list[Clip], valid: list[Clip]) -> None:
-        train_store, valid_store = self._prepare(train, valid)
-        self.network_ = self._build()
-        self._init_center(self.network_, train_store)
-        self.run_training(
-            self.network_, self._train_batches(train_store), self._eval_batches(valid_store)
-        )
-
 
 @register
 class ConvVAEDetector(ConvPatchDetector):
-    """Convolutional beta-VAE on log-mel patches, reconstruction-error score
-    [no figure in the study reports].
+    """Convolutional beta-VAE on log-mel patches, reconstruction-error score.
 
     Input: standardised (per mel band, fitted on training normals) patches of
     ``frames`` (32) x ``n_mels`` (128) log-mel frames, shape (B, 1, 128, 32).
@@ -718,12 +539,8 @@ class ConvVAEDetector(ConvPatchDetector):
     """
 
     name = "conv-vae"
-    summary = "convolutional beta-VAE on log-mel patches, reconstruction-error score"
     params = {
-        **LOGMEL_PARAMS,
-        **CONV_TRAIN_PARAMS,
         **PATCH_PARAMS,
-        "channels": channels_param("8,16,32"),
         "latent": Param(16, "latent dimensions", low=1),
         "beta": Param(0.1, "weight of the KL term", low=0.0),
         "grid_search": Param(False, "choose latent and beta by k-fold CV on training normals"),
@@ -747,7 +564,7 @@ class ConvVAEDetector(ConvPatchDetector):
             config = replace(config, epochs=self._epochs_override)
         return config
 
-    def _new_network(self) -> nn.Module:
+    def _build_network(self, n_features: int) -> nn.Module:
         return ConvVAENetwork(self.input_shape, self._channels, self.latent_, self.beta_)
 
     @staticmethod
@@ -777,16 +594,16 @@ class ConvVAEDetector(ConvPatchDetector):
                 fit_part = [m for m, f in zip(logmels, folds, strict=True) if f != fold]
                 held_part = [m for m, f in zip(logmels, folds, strict=True) if f == fold]
                 self._fit_scaler(fit_part)
-                fit_store = self._store_from(fit_part, self.train_stride)
-                held_store = self._store_from(held_part, self.score_stride)
+                fit_store = self._make_store(fit_part, self.train_stride)
+                held_store = self._make_store(held_part, self.score_stride)
                 del fit_part, held_part
                 for g, (latent, beta) in enumerate(grid):
                     self.latent_, self.beta_ = latent, beta
                     seed_everything(self.seed)
-                    network = self._build()
+                    network = self._new_network(self.n_mels)
                     self.run_training(network, self._train_batches(fit_store), None)
                     generator = torch.Generator().manual_seed(self.seed)
-                    values = self.patch_values(
+                    values = self._map_windows(
                         held_store,
                         lambda x, n=network, gen=generator: n.neg_elbo(x, 1.0, True, gen),
                     )

@@ -9,7 +9,7 @@ from soundwatch.detectors.frontend import LOGMEL_PARAMS
 from soundwatch.detectors.neural import TRAIN_PARAMS
 from soundwatch.detectors.params import Param
 from soundwatch.detectors.registry import register
-from soundwatch.detectors.windows import LogMelWindowDetector
+from soundwatch.detectors.windows import FrameStoreDetector
 
 
 class DenseAutoencoder(nn.Module):
@@ -39,7 +39,7 @@ class DenseAutoencoder(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.layers(x)
 
-    def window_errors(self, batch: torch.Tensor) -> torch.Tensor:
+    def window_scores(self, batch: torch.Tensor) -> torch.Tensor:
         return torch.mean((self(batch) - batch) ** 2, dim=1)
 
     def loss(self, batch: torch.Tensor) -> torch.Tensor:
@@ -47,7 +47,7 @@ class DenseAutoencoder(nn.Module):
 
 
 @register
-class DCASE2020Autoencoder(LogMelWindowDetector):
+class DCASE2020Autoencoder(FrameStoreDetector):
     """DCASE 2020 Task 2 baseline (Koizumi et al., 2020): dense autoencoder.
 
     Input: 5 consecutive log-mel frames (n_fft 1024, hop 512, 128 mels, 10·log10 power)
@@ -59,11 +59,9 @@ class DCASE2020Autoencoder(LogMelWindowDetector):
     Anomaly map: each vector's squared error reshaped to (context, n_mels), spread back
     onto the frames it covers and averaged over the vectors covering each frame.
     One model per machine type with all IDs pooled (``per_id=true`` for one per ID).
-    Published slider figures (development set, mean over IDs): AUC 0.8476, pAUC 0.6653.
     """
 
     name = "dcase2020-ae"
-    summary = "DCASE 2020 baseline: dense autoencoder on 5-frame log-mel vectors"
     params = {
         **LOGMEL_PARAMS,
         **TRAIN_PARAMS,

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from soundwatch.data.clips import Clip
-from soundwatch.detectors.params import Param
-from soundwatch.features.extract import extract_logmel
-from soundwatch.features.logmel import LogMelConfig
+from soundwatch.detectors.params import Param, parse_channel
+
+if TYPE_CHECKING:
+    from soundwatch.features.logmel import LogMelConfig
 
 LOGMEL_PARAMS: dict[str, Param] = {
     "sample_rate": Param(16000, "audio is resampled to this rate (Hz)", low=1000),
@@ -29,10 +31,15 @@ LOGMEL_PARAMS: dict[str, Param] = {
 
 
 class LogMelFrontend:
-    """Mixin giving a detector log-mel features configured by :data:`LOGMEL_PARAMS`."""
+    """Mixin giving a detector log-mel features configured by :data:`LOGMEL_PARAMS`.
+
+    The feature modules are imported on first use: the log-mel transform runs on
+    torch, which loading a model does not need.
+    """
 
     def logmel_config(self) -> LogMelConfig:
-        channel = self.channel if self.channel == "mean" else int(self.channel)
+        from soundwatch.features.logmel import LogMelConfig
+
         return LogMelConfig(
             sample_rate=self.sample_rate,
             n_fft=self.n_fft,
@@ -40,9 +47,11 @@ class LogMelFrontend:
             n_mels=self.n_mels,
             power=self.power,
             duration=self.duration,
-            channel=channel,
+            channel=parse_channel(self.channel),
         )
 
     def logmels(self, clips: Sequence[Clip]) -> list[np.ndarray]:
         """Cached log-mel spectrograms, each of shape (n_mels, n_frames)."""
+        from soundwatch.features.extract import extract_logmel
+
         return extract_logmel(clips, self.logmel_config())

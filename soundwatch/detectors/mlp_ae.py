@@ -12,18 +12,11 @@ from torch import nn
 
 from soundwatch.data.clips import Clip
 from soundwatch.detectors.frontend import LOGMEL_PARAMS
-from soundwatch.detectors.params import Param
+from soundwatch.detectors.neural import TRAIN_PARAMS
+from soundwatch.detectors.params import Param, override, parse_list
 from soundwatch.detectors.registry import register
-from soundwatch.detectors.windows import (
-    LogMelWindowDetector,
-    dense_stack,
-    grid_indices,
-    parse_layer_sizes,
-    train_params,
-)
+from soundwatch.detectors.windows import FrameStoreDetector, dense_stack, grid_indices
 from soundwatch.features.frames import FrameStore
-
-SCORE_BATCH = 1024
 
 
 # --------------------------------------------------------------------- network
@@ -44,7 +37,7 @@ class MlpAutoencoder(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.decoder(self.encoder(x))
 
-    def window_errors(self, x: torch.Tensor) -> torch.Tensor:
+    def window_scores(self, x: torch.Tensor) -> torch.Tensor:
         return torch.mean((self(x) - x) ** 2, dim=1)
 
     def loss(self, batch: torch.Tensor) -> torch.Tensor:
@@ -53,7 +46,7 @@ class MlpAutoencoder(nn.Module):
 
 # --------------------------------------------------------------------- detectors
 @register
-class MlpAutoencoderDetector(LogMelWindowDetector):
+class MlpAutoencoderDetector(FrameStoreDetector):
     """Fully connected autoencoder on flattened, standardised log-mel patches.
 
     Input: patches of ``frames`` consecutive log-mel frames (n_fft 1024, hop 512, 128
@@ -71,14 +64,14 @@ class MlpAutoencoderDetector(LogMelWindowDetector):
     ``score_stride`` (default 4) frames.
     CPU cost on slider dev (2,133 training clips): ~80 k patches per epoch, ~23 CPU-s per
     epoch, so 30 epochs take ~12 min on one core.
-    Study reports: slider AUC [0.71-0.72].
     """
 
     name = "mlp-ae"
-    summary = "dense autoencoder on standardised multi-frame log-mel patches"
     params = {
         **LOGMEL_PARAMS,
-        **train_params(epochs=30, batch_size=256, lr_patience=3, early_stopping_patience=6),
+        **override(
+            TRAIN_PARAMS, epochs=30, batch_size=256, lr_patience=3, early_stopping_patience=6
+        ),
         "frames": Param(16, "consecutive log-mel frames per patch", low=1),
         "hidden": Param(
             "1024,512,256", "encoder layer widths, comma-separated (the decoder mirrors them)"
@@ -95,7 +88,7 @@ class MlpAutoencoderDetector(LogMelWindowDetector):
 
     def __init__(self, **params: Any) -> None:
         super().__init__(**params)
-        self._hidden = parse_layer_sizes("hidden", self.hidden)
+        self._hidden = parse_list("hidden", self.hidden)
 
     def _context(self) -> int:
         return self.frames
@@ -114,11 +107,9 @@ class MlpEncoderDistance(MlpAutoencoderDetector):
     and their mean is the centre.
     Score: Euclidean distance between the mean code of the clip's patches and the centre.
     CPU cost: that of ``mlp-ae`` plus one encoder pass over the training patches.
-    Study reports: slider AUC [0.71].
     """
 
     name = "mlp-encoder-distance"
-    summary = "distance of a clip's mean dense-autoencoder code to the training mean code"
 
     def _after_training(self, train_store: FrameStore) -> None:
         codes = self._map_windows(

@@ -6,6 +6,7 @@ model file and ``soundwatch detectors --verbose`` all read the same declaration.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
@@ -92,3 +93,57 @@ def parse_assignments(items: list[str] | None) -> dict[str, str]:
             raise ConfigError(f"--param expects KEY=VALUE, got {item!r}")
         params[key.strip()] = value.strip()
     return params
+
+
+def override(params: dict[str, Param], **defaults: Any) -> dict[str, Param]:
+    """``params`` with some default values changed: the one way a detector adapts a
+    shared parameter table.
+
+    Raises
+    ------
+    TypeError
+        A name in ``defaults`` is not in ``params`` (a typo would otherwise add nothing).
+
+    Examples
+    --------
+    >>> table = {"epochs": Param(100, "maximum training epochs", low=1)}
+    >>> override(table, epochs=30)["epochs"].default
+    30
+    """
+    unknown = sorted(set(defaults) - set(params))
+    if unknown:
+        raise TypeError(f"unknown parameter(s) {', '.join(unknown)}")
+    return {
+        key: dataclasses.replace(param, default=defaults[key]) if key in defaults else param
+        for key, param in params.items()
+    }
+
+
+def parse_list(name: str, text: str, kind: type = int, low: float = 1) -> tuple:
+    """Parse a comma-separated parameter such as ``"1024,512,256"`` into a tuple of
+    ``kind`` values, each at least ``low``.
+
+    Raises
+    ------
+    ConfigError
+        The text is empty, an entry is empty or does not parse, or a value is below
+        ``low``.
+    """
+    parts = [part.strip() for part in str(text).split(",")]
+    if not any(parts):
+        raise ConfigError(f"parameter {name} is empty")
+    try:
+        values = tuple(kind(part) for part in parts)
+    except ValueError:
+        raise ConfigError(
+            f"parameter {name} expects comma-separated {kind.__name__}s, got {text!r}"
+        ) from None
+    if any(v < low for v in values):
+        raise ConfigError(f"parameter {name} values must be >= {low}, got {text!r}")
+    return values
+
+
+def parse_channel(value: str) -> int | str:
+    """The ``channel`` parameter as :func:`soundwatch.data.audio.load_audio` takes it: a
+    channel index, or ``"mean"`` for the mean of all channels."""
+    return value if value == "mean" else int(value)

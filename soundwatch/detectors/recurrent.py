@@ -3,20 +3,20 @@ predictor and a GRU sequence-to-sequence autoencoder."""
 
 from __future__ import annotations
 
-import dataclasses
 from typing import ClassVar
 
 import torch
 from torch import nn
 
 from soundwatch.detectors.frontend import LOGMEL_PARAMS
-from soundwatch.detectors.params import Param
+from soundwatch.detectors.neural import TRAIN_PARAMS
+from soundwatch.detectors.params import Param, override
 from soundwatch.detectors.registry import register
-from soundwatch.detectors.windows import LogMelWindowDetector, train_params
+from soundwatch.detectors.windows import FrameStoreDetector
 
 SEQUENCE_PARAMS: dict[str, Param] = {
     **LOGMEL_PARAMS,
-    **train_params(epochs=30, batch_size=256, lr_patience=3, early_stopping_patience=6),
+    **override(TRAIN_PARAMS, epochs=30, batch_size=256, lr_patience=3, early_stopping_patience=6),
     "hidden": Param(256, "recurrent units per layer", low=1),
     "layers": Param(2, "stacked recurrent layers", low=1),
     "stride": Param(
@@ -29,11 +29,11 @@ SEQUENCE_PARAMS: dict[str, Param] = {
 }
 
 
-class SequenceWindowDetector(LogMelWindowDetector):
+class SequenceWindowDetector(FrameStoreDetector):
     """Base of the recurrent detectors (not registered): windows of shape
     (batch, context, n_mels), gathered unflattened from the frame store."""
 
-    flatten: ClassVar[bool] = False
+    layout: ClassVar[str] = "sequences"
 
 
 # --------------------------------------------------------------------- networks
@@ -52,11 +52,11 @@ class LstmPredictor(nn.Module):
         outputs, _ = self.rnn(frames)
         return self.head(outputs[:, -1])
 
-    def window_errors(self, window: torch.Tensor) -> torch.Tensor:
+    def window_scores(self, window: torch.Tensor) -> torch.Tensor:
         return torch.mean((self(window[:, :-1]) - window[:, -1]) ** 2, dim=1)
 
     def loss(self, batch: torch.Tensor) -> torch.Tensor:
-        return torch.mean(self.window_errors(batch))
+        return torch.mean(self.window_scores(batch))
 
 
 class GruAutoencoder(nn.Module):
@@ -86,7 +86,7 @@ class GruAutoencoder(nn.Module):
         outputs, _ = self.decoder(inputs, state)
         return self.head(outputs)
 
-    def window_errors(self, window: torch.Tensor) -> torch.Tensor:
+    def window_scores(self, window: torch.Tensor) -> torch.Tensor:
         return torch.mean((self(window) - window) ** 2, dim=(1, 2))
 
     def loss(self, batch: torch.Tensor) -> torch.Tensor:
@@ -111,11 +111,9 @@ class LstmPredictorDetector(SequenceWindowDetector):
     ``score_stride`` (default 2) frames.
     CPU cost on slider dev (2,133 training clips): ~65 k windows per epoch, ~25 CPU-s per
     epoch, so 30 epochs take ~13 min on one core.
-    Study reports: slider AUC [0.94], the best of the reports.
     """
 
     name = "lstm-predictor"
-    summary = "2-layer LSTM predicting the next log-mel frame from 10; score = prediction MSE"
     params = {
         **SEQUENCE_PARAMS,
         "history": Param(10, "frames read before the predicted frame", low=1),
@@ -148,15 +146,12 @@ class GruAutoencoderDetector(SequenceWindowDetector):
     ``score_stride`` (default 2) frames.
     CPU cost on slider dev (2,133 training clips): ~20 k windows per epoch, ~20 CPU-s per
     epoch, so 30 epochs take ~10 min on one core.
-    Study reports: slider AUC [0.89].
     """
 
     name = "gru-ae"
-    summary = "2-layer GRU sequence autoencoder on 10-frame log-mel windows"
     params = {
-        **SEQUENCE_PARAMS,
+        **override(SEQUENCE_PARAMS, stride=32),
         "frames": Param(10, "consecutive frames per window", low=1),
-        "stride": dataclasses.replace(SEQUENCE_PARAMS["stride"], default=32),
         "decoder_input": Param(
             "code", "what the decoder reads at each step", choices=("code", "zeros")
         ),

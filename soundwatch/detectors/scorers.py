@@ -10,7 +10,7 @@ Optional standardisation (subtract the training mean, divide by the training sta
 deviation, per dimension) is done by the shared base class before the scorer sees the
 data, and is part of the state.
 
-Scorers register by name in :data:`SCORERS`::
+Scorers register by name in the :data:`SCORERS` registry::
 
     scorer = create_scorer("knn", standardize=True, k=5).fit(train_vectors)
     scores = scorer.score(test_vectors)
@@ -29,36 +29,30 @@ from sklearn.covariance import LedoitWolf
 from sklearn.mixture import GaussianMixture
 from sklearn.svm import OneClassSVM
 
-from soundwatch.detectors.mahalanobis import mahalanobis_sq
 from soundwatch.errors import ConfigError, ModelFileError
+from soundwatch.registry import Registry
+from soundwatch.validation import check_array
 
-SCORERS: dict[str, type[Scorer]] = {}
+SCORERS: Registry[Scorer] = Registry("scorer")
 METRICS: tuple[str, ...] = ("cosine", "euclidean")
 
 # Rows of the query x training distance matrix computed at once (bounds memory).
 _CHUNK = 1024
 
 
-def register_scorer(cls: type[Scorer]) -> type[Scorer]:
-    """Class decorator: make a scorer available under ``cls.name``."""
-    SCORERS[cls.name] = cls
-    return cls
+#: Class decorator: make a scorer available under ``cls.name``.
+register_scorer = SCORERS.register
 
 
 def create_scorer(name: str, **params: Any) -> Scorer:
     """Instantiate the scorer registered as ``name``; ConfigError lists the known ones."""
-    if name not in SCORERS:
-        raise ConfigError(f"unknown scorer {name!r}; known: {', '.join(SCORERS)}")
-    return SCORERS[name](**params)
+    return SCORERS.create(name, **params)
 
 
-def _as_matrix(X: np.ndarray, what: str) -> np.ndarray:
-    x = np.asarray(X, dtype=np.float64)
-    if x.ndim != 2:
-        raise ConfigError(f"{what} must be a 2-D array (n, d), got shape {x.shape}")
-    if not np.isfinite(x).all():
-        raise ConfigError(f"{what} contain NaN or infinite values")
-    return x
+def mahalanobis_sq(x: np.ndarray, location: np.ndarray, precision: np.ndarray) -> np.ndarray:
+    """Squared Mahalanobis distances of the rows of ``x`` of shape (n, d), shape (n,)."""
+    centred = x - location
+    return np.einsum("nd,de,ne->n", centred, precision, centred)
 
 
 def _check_metric(metric: str) -> str:
@@ -141,7 +135,7 @@ class Scorer(ABC):
         -------
         self
         """
-        x = _as_matrix(X, f"{self.name} training vectors")
+        x = check_array(X, f"{self.name} training vectors", ndim=2)
         if len(x) < self.min_samples:
             raise ConfigError(
                 f"scorer {self.name} needs at least {self.min_samples} training vectors, "
@@ -172,7 +166,7 @@ class Scorer(ABC):
         """
         if self.n_features_ is None:
             raise ConfigError(f"scorer {self.name} is not fitted")
-        x = _as_matrix(X, f"{self.name} vectors to score")
+        x = check_array(X, f"{self.name} vectors to score", ndim=2)
         if x.shape[1] != self.n_features_:
             raise ConfigError(
                 f"scorer {self.name} was fitted on {self.n_features_}-d vectors, got {x.shape[1]}"
@@ -204,9 +198,9 @@ class Scorer(ABC):
     def from_state(cls, arrays: dict[str, np.ndarray], meta: dict) -> Scorer:
         """Rebuild a fitted scorer from :meth:`state`'s output (any registered scorer)."""
         name = meta.get("scorer")
-        if name not in SCORERS:
+        if not isinstance(name, str) or name not in SCORERS:
             raise ModelFileError(f"unknown scorer {name!r} in model state")
-        scorer = SCORERS[name](standardize=meta["standardize"], **meta["params"])
+        scorer = SCORERS.create(name, standardize=meta["standardize"], **meta["params"])
         n_features = int(meta["n_features"])
         if scorer.standardize:
             scorer.mean_ = np.asarray(arrays["scaler.mean"], dtype=np.float64)

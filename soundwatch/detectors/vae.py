@@ -9,14 +9,10 @@ import torch
 from torch import nn
 
 from soundwatch.detectors.frontend import LOGMEL_PARAMS
-from soundwatch.detectors.params import Param
+from soundwatch.detectors.neural import TRAIN_PARAMS
+from soundwatch.detectors.params import Param, override, parse_list
 from soundwatch.detectors.registry import register
-from soundwatch.detectors.windows import (
-    LogMelWindowDetector,
-    dense_stack,
-    parse_layer_sizes,
-    train_params,
-)
+from soundwatch.detectors.windows import FrameStoreDetector, dense_stack
 
 
 class BetaVAE(nn.Module):
@@ -53,7 +49,7 @@ class BetaVAE(nn.Module):
         """Mean decoding: the reconstruction of the posterior mean."""
         return self.decoder(self.encode(x)[0])
 
-    def window_errors(self, x: torch.Tensor) -> torch.Tensor:
+    def window_scores(self, x: torch.Tensor) -> torch.Tensor:
         return torch.mean((self(x) - x) ** 2, dim=1)
 
     def loss(self, batch: torch.Tensor) -> torch.Tensor:
@@ -65,7 +61,7 @@ class BetaVAE(nn.Module):
 
 
 @register
-class BetaVAEDetector(LogMelWindowDetector):
+class BetaVAEDetector(FrameStoreDetector):
     """Fully connected beta-VAE on 5-frame log-mel vectors; score = reconstruction error.
 
     Input: 5 consecutive log-mel frames (n_fft 1024, hop 512, 128 mels) flattened to
@@ -84,17 +80,14 @@ class BetaVAEDetector(LogMelWindowDetector):
     CPU cost on slider dev (2,133 training clips): ~660 k vectors per epoch, ~17 CPU-s per
     epoch (default) or ~42 (400-400-20 with BatchNorm), so 30 epochs take ~8 or ~21 min on
     one core; ``stride=2`` halves that.
-    Study reports: slider AUC [0.40] for the default (latent 8, beta 0.001). The
-    640-400-400-20 variant is ``hidden=400,400 latent=20`` (``batchnorm=false``) [0.69],
-    and with BatchNorm after every hidden layer ``hidden=400,400 latent=20
-    batchnorm=true`` [0.81].
+    The 640-400-400-20 variant of the study reports is ``hidden=400,400 latent=20``,
+    with BatchNorm after every hidden layer ``hidden=400,400 latent=20 batchnorm=true``.
     """
 
     name = "vae"
-    summary = "dense beta-VAE on 5-frame log-mel vectors, scored by reconstruction error"
     params = {
         **LOGMEL_PARAMS,
-        **train_params(epochs=30, lr_patience=3, early_stopping_patience=6),
+        **override(TRAIN_PARAMS, epochs=30, lr_patience=3, early_stopping_patience=6),
         "context": Param(5, "consecutive frames per input vector", low=1),
         "hidden": Param(
             "128,128,128,128", "encoder layer widths, comma-separated (the decoder mirrors them)"
@@ -114,7 +107,7 @@ class BetaVAEDetector(LogMelWindowDetector):
 
     def __init__(self, **params: Any) -> None:
         super().__init__(**params)
-        self._hidden = parse_layer_sizes("hidden", self.hidden)
+        self._hidden = parse_list("hidden", self.hidden)
 
     def _context(self) -> int:
         return self.context

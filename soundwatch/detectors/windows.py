@@ -1,19 +1,27 @@
-"""Shared base of neural detectors on windows of standardised log-mel frames.
+"""The one base of neural detectors over windows of log-mel frames.
 
-:class:`LogMelWindowDetector` gathers windows lazily from one float32
-:class:`~soundwatch.features.frames.FrameStore`; :mod:`soundwatch.detectors.dcase2020_ae`,
-:mod:`soundwatch.detectors.mlp_ae`, :mod:`soundwatch.detectors.vae` and
-:mod:`soundwatch.detectors.recurrent` build on it.
+:class:`FrameStoreDetector` keeps the scaled log-mels of a split in one float32
+:class:`~soundwatch.features.frames.FrameStore` and gathers windows of consecutive
+frames per batch, so memory stays one copy of the frames. Three hooks make a family:
+
+- the scaler (:meth:`FrameStoreDetector._new_scaler`): per-band standardisation, global
+  min-max scaling or none, fitted on the training normals and applied in place;
+- the batch layout (``layout``): flat vectors (batch, context * n_mels), frame sequences
+  (batch, context, n_mels) or one-channel images (batch, 1, n_mels, context);
+- the per-window score: the network's ``window_scores(batch)``, averaged per clip.
+
+The dense (:mod:`~soundwatch.detectors.dcase2020_ae`, :mod:`~soundwatch.detectors.mlp_ae`,
+:mod:`~soundwatch.detectors.vae`), recurrent (:mod:`~soundwatch.detectors.recurrent`)
+and convolutional (:mod:`~soundwatch.detectors.conv`) detectors build on it.
 :func:`overlap_average` turns per-window element errors into a per time-frequency
-anomaly map; it serves every window and patch detector.
+anomaly map.
 """
 
 from __future__ import annotations
 
-import dataclasses
 from abc import abstractmethod
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -22,40 +30,13 @@ from torch import nn
 from soundwatch.data.clips import Clip
 from soundwatch.detectors.base import Detector
 from soundwatch.detectors.frontend import LogMelFrontend
-from soundwatch.detectors.neural import TRAIN_PARAMS, TorchDetectorMixin
-from soundwatch.detectors.params import Param
-from soundwatch.errors import ConfigError
+from soundwatch.detectors.neural import TorchDetectorMixin
 from soundwatch.features.frames import FrameStore
-from soundwatch.features.scaling import Standardizer
+from soundwatch.features.scaling import MinMaxScaler, Standardizer, scaler_from_dict
 from soundwatch.training.loop import shuffled_batches
 
-SCORE_BATCH = 1024
-
-
-def train_params(**defaults: Any) -> dict[str, Param]:
-    """:data:`TRAIN_PARAMS` with some defaults changed."""
-    unknown = set(defaults) - set(TRAIN_PARAMS)
-    if unknown:
-        raise TypeError(f"not training parameters: {', '.join(sorted(unknown))}")
-    return {
-        key: dataclasses.replace(param, default=defaults.get(key, param.default))
-        for key, param in TRAIN_PARAMS.items()
-    }
-
-
-def parse_layer_sizes(name: str, text: str) -> list[int]:
-    """Parse a layer-size parameter such as ``"1024,512,256"`` into positive integers."""
-    parts = [p.strip() for p in str(text).split(",")]
-    try:
-        sizes = [int(p) for p in parts]
-    except ValueError:
-        sizes = []
-    if not sizes or any(s < 1 for s in sizes):
-        raise ConfigError(
-            f"parameter {name} expects comma-separated positive integers such as "
-            f"1024,512,256, got {text!r}"
-        )
-    return sizes
+#: Batch layouts of :class:`FrameStoreDetector`.
+LAYOUTS = ("vectors", "sequences", "images")
 
 
 def dense_stack(sizes: Sequence[int], batchnorm: bool = False) -> nn.Sequential:
@@ -85,6 +66,36 @@ def sampled_batches(
     chosen = rng.permutation(n_windows)[:n_used]
     for idx in shuffled_batches(n_used, batch_size, None, drop_last=True):
         yield chosen[idx]
+
+
+def grid_indices(store: FrameStore, step: int) -> np.ndarray:
+    """Indices of the windows of a stride-1 store that start every ``step`` frames of their
+    clip (the windows a ``FrameStore(..., stride=step)`` would hold)."""
+    rank = store.window_starts - store.offsets[:-1][store.window_clip]
+    return np.flatnonzero(rank % step == 0)
+
+
+def to_batch(windows: np.ndarray, layout: str) -> torch.Tensor:
+    """Windows of shape (batch, context, n_mels) as a network batch in ``layout``.
+
+    ``vectors``: (batch, context * n_mels), frame-major; ``sequences``: unchanged;
+    ``images``: (batch, 1, n_mels, context) in channels-last memory format (oneDNN's
+    fast CPU path for convolutions).
+    """
+    if layout == "vectors":
+        return torch.from_numpy(windows.reshape(len(windows), -1))
+    if layout == "sequences":
+        return torch.from_numpy(windows)
+    images = torch.from_numpy(np.ascontiguousarray(windows.transpose(0, 2, 1))[:, None])
+    return images.contiguous(memory_format=torch.channels_last)
+
+
+def from_batch(values: torch.Tensor, layout: str, n_mels: int) -> np.ndarray:
+    """Per-element values of a batch in ``layout`` back in the window layout
+    (batch, context, n_mels); the inverse of :func:`to_batch`."""
+    if layout == "images":
+        return values[:, 0].permute(0, 2, 1).numpy()
+    return values.reshape(len(values), -1, n_mels).numpy()
 
 
 def overlap_average(errors: np.ndarray, starts: np.ndarray, n_frames: int) -> np.ndarray:
@@ -126,27 +137,25 @@ def overlap_average(errors: np.ndarray, starts: np.ndarray, n_frames: int) -> np
 
 
 def element_errors(network: nn.Module, batch: torch.Tensor) -> torch.Tensor | None:
-    """Per-element errors of a window network, shape (batch, context, n_mels), or None.
+    """Per-element errors of a window network, shaped like ``batch``, or None.
 
-    Uses ``network.element_errors(batch)`` when the network defines it. Otherwise they
-    are derived from ``forward``: a reconstruction network (output shaped like its
-    input) gives the squared reconstruction error; a next-frame predictor (reads
-    ``batch[:, :-1]``, outputs one frame) gives the squared prediction error on the
-    last frame and NaN on the frames it reads. The result is only returned if its
-    per-window mean reproduces ``network.window_errors(batch)``, so the map always
+    Uses ``network.element_errors(batch)`` when the network defines it (it may return
+    None: a score such as a code distance does not decompose over elements). Otherwise
+    they are derived from ``forward``: a reconstruction network (output shaped like its
+    input) gives the squared reconstruction error; a next-frame predictor on sequences
+    (reads ``batch[:, :-1]``, outputs one frame) gives the squared prediction error on
+    the last frame and NaN on the frames it reads. The result is only returned if its
+    per-window mean reproduces ``network.window_scores(batch)``, so the map always
     decomposes the score actually used, and None otherwise.
     """
     if hasattr(network, "element_errors"):
         return network.element_errors(batch)
-    reference = network.window_errors(batch)
+    reference = network.window_scores(batch)
     n = batch.shape[0]
-    n_mels = int(network.n_features)
 
     def reconstruction() -> torch.Tensor | None:
         output = network(batch)
-        return (
-            ((output - batch) ** 2).reshape(n, -1, n_mels) if output.shape == batch.shape else None
-        )
+        return (output - batch) ** 2 if output.shape == batch.shape else None
 
     def prediction() -> torch.Tensor | None:
         if batch.dim() != 3 or batch.shape[1] < 2:
@@ -167,31 +176,28 @@ def element_errors(network: nn.Module, batch: torch.Tensor) -> torch.Tensor | No
     return None
 
 
-def grid_indices(store: FrameStore, step: int) -> np.ndarray:
-    """Indices of the windows of a stride-1 store that start every ``step`` frames of their
-    clip (the windows a ``FrameStore(..., stride=step)`` would hold)."""
-    rank = store.window_starts - store.offsets[:-1][store.window_clip]
-    return np.flatnonzero(rank % step == 0)
+class FrameStoreDetector(LogMelFrontend, TorchDetectorMixin, Detector):
+    """Base of neural detectors on windows of scaled log-mel frames (not registered).
 
+    The log-mels of the training normals fit a scaler (:meth:`_new_scaler`), every
+    frame store is scaled in place with it, and windows of :meth:`_context` frames are
+    gathered per batch in the class's ``layout``. Training draws the windows of each
+    epoch with :meth:`_epoch_batches`; validation and scoring use the windows of stores
+    built at ``_valid_stride`` and ``score_stride``, in batches of ``score_batch_size``.
+    The network has ``loss(batch)`` and ``window_scores(batch) -> (batch,)``; a clip's
+    score is the mean of its windows' scores.
 
-class LogMelWindowDetector(LogMelFrontend, TorchDetectorMixin, Detector):
-    """Base of neural detectors on windows of standardised log-mel frames (not registered).
-
-    Log-mels are standardised per mel band with a :class:`Standardizer` fitted on the
-    training normals (unless the detector has ``standardize=false``) and windows of
-    :meth:`_context` frames are gathered lazily from a :class:`FrameStore`, so memory stays
-    one float32 copy of the frames. Training draws a random ``1/stride`` of all windows per
-    epoch (:func:`sampled_batches`); validation and scoring use windows every
-    ``stride`` and ``score_stride`` frames. The score is the clip mean of the network's
-    per-window error.
-
-    Subclasses declare ``stride``, ``score_stride`` (and the training parameters) and
-    implement :meth:`_context` and :meth:`_build_network`; the network has
-    ``loss(batch)`` and ``window_errors(batch) -> (batch,)``, where a batch has shape
-    (batch, context * n_mels) if ``flatten`` else (batch, context, n_mels).
+    Subclasses implement :meth:`_context` and :meth:`_build_network`, declare
+    ``score_stride`` (and the training parameters) and may override the other hooks:
+    :meth:`_new_scaler`, :meth:`_epoch_batches`, ``_train_stride``/``_valid_stride``,
+    :meth:`_before_training`, :meth:`_after_training` and
+    ``_extra_state``/``_load_extra_state``.
     """
 
-    flatten: ClassVar[bool] = True
+    layout: ClassVar[str] = "vectors"
+    #: Windows per inference pass (validation, scoring, maps). Validation losses are
+    #: means over batches, so the size is part of a trained model's behaviour.
+    score_batch_size: ClassVar[int] = 1024
     standardize = True  # a detector may declare it as a parameter instead
 
     @abstractmethod
@@ -202,19 +208,81 @@ class LogMelWindowDetector(LogMelFrontend, TorchDetectorMixin, Detector):
     def _build_network(self, n_features: int) -> nn.Module:
         """A fresh network for ``n_features`` mel bands."""
 
+    # ----------------------------------------------------------------- hooks
+    def _new_scaler(self) -> Standardizer | MinMaxScaler | None:
+        """An unfitted scaler of the log-mels (None: raw dB values)."""
+        return Standardizer() if self.standardize else None
+
+    @property
+    def _train_stride(self) -> int:
+        """Stride of the training store (1: every start frame is a candidate window)."""
+        return 1
+
+    @property
+    def _valid_stride(self) -> int:
+        """Frames between the validation windows of a held-out clip."""
+        return self.stride
+
+    def _epoch_batches(self, store: FrameStore, rng: np.random.Generator) -> Iterator[np.ndarray]:
+        """Window index batches of one training epoch (default: a random ``1/stride``)."""
+        return sampled_batches(store.n_windows, self.stride, self.batch_size, rng)
+
+    def _before_training(self, train_store: FrameStore) -> None:
+        """Prepare the fresh network on the training windows before the loop runs."""
+
+    def _after_training(self, train_store: FrameStore) -> None:
+        """Fit anything beyond the network on the training windows."""
+
+    def _extra_state(self) -> dict:
+        """JSON-serialisable state beyond the network and the scaler."""
+        return {}
+
+    def _load_extra_state(self, state: dict) -> None:
+        """Restore what :meth:`_extra_state` returned (before the network is built)."""
+
     # ----------------------------------------------------------------- features
+    def _fit_scaler(self, logmels: list[np.ndarray]) -> None:
+        scaler = self._new_scaler()
+        self.scaler_ = scaler.fit(logmels) if scaler is not None else None
+
     def _make_store(self, logmels: list[np.ndarray], stride: int) -> FrameStore:
         store = FrameStore(logmels, self._context(), stride)
         if self.scaler_ is not None:  # in place: no second copy of the frames
-            store.frames -= self.scaler_.mean_
-            store.frames /= self.scaler_.scale_
+            self.scaler_.apply_(store.frames)
         return store
 
     def _store(self, clips: list[Clip], stride: int) -> FrameStore:
         return self._make_store(self.logmels(clips), stride)
 
     def _batch(self, store: FrameStore, idx: np.ndarray) -> torch.Tensor:
-        return torch.from_numpy(store.windows(idx, flatten=self.flatten))
+        return to_batch(store.windows(idx, flatten=False), self.layout)
+
+    def _new_network(self, n_features: int) -> nn.Module:
+        network = self._build_network(n_features)
+        if self.layout == "images":  # channels-last, like the image batches
+            network = network.to(memory_format=torch.channels_last)
+        return network
+
+    def _train_batches(
+        self, store: FrameStore
+    ) -> Callable[[np.random.Generator], Iterator[torch.Tensor]]:
+        def batches(rng: np.random.Generator) -> Iterator[torch.Tensor]:
+            for idx in self._epoch_batches(store, rng):
+                yield self._batch(store, idx)
+
+        return batches
+
+    def _valid_batches(
+        self, store: FrameStore | None
+    ) -> Callable[[], Iterator[torch.Tensor]] | None:
+        if store is None:
+            return None
+
+        def batches() -> Iterator[torch.Tensor]:
+            for idx in shuffled_batches(store.n_windows, self.score_batch_size, None):
+                yield self._batch(store, idx)
+
+        return batches
 
     @torch.inference_mode()
     def _map_windows(
@@ -223,71 +291,69 @@ class LogMelWindowDetector(LogMelFrontend, TorchDetectorMixin, Detector):
         fn: Callable[[torch.Tensor], torch.Tensor],
         indices: np.ndarray | None = None,
     ) -> np.ndarray:
-        """Apply ``fn`` to windows (all, or ``indices``) in batches; rows in window order."""
+        """Apply ``fn`` to windows (all, or ``indices``) in batches; rows in window order,
+        float64."""
         indices = np.arange(store.n_windows) if indices is None else indices
         parts = [
             fn(self._batch(store, indices[idx])).numpy()
-            for idx in shuffled_batches(len(indices), SCORE_BATCH, None)
+            for idx in shuffled_batches(len(indices), self.score_batch_size, None)
         ]
         return np.concatenate(parts).astype(np.float64)
 
-    # ----------------------------------------------------------------- hooks
+    # ----------------------------------------------------------------- detector hooks
     def _fit(self, train: list[Clip], valid: list[Clip]) -> None:
         logmels = self.logmels(train)
-        self.scaler_ = Standardizer().fit(logmels) if self.standardize else None
-        n_features = logmels[0].shape[0]
-        train_store = self._make_store(logmels, 1)
+        self._fit_scaler(logmels)
+        self.n_features_ = logmels[0].shape[0]
+        train_store = self._make_store(logmels, self._train_stride)
         del logmels
-        valid_store = self._store(valid, self.stride) if valid else None
-        self.network_ = self._build_network(n_features)
-
-        def train_batches(rng: np.random.Generator) -> Iterator[torch.Tensor]:
-            for idx in sampled_batches(train_store.n_windows, self.stride, self.batch_size, rng):
-                yield self._batch(train_store, idx)
-
-        def valid_batches() -> Iterator[torch.Tensor]:
-            for idx in shuffled_batches(valid_store.n_windows, SCORE_BATCH, None):
-                yield self._batch(valid_store, idx)
-
-        self.run_training(self.network_, train_batches, valid_batches if valid_store else None)
+        valid_store = self._store(valid, self._valid_stride) if valid else None
+        self.network_ = self._new_network(self.n_features_)
+        self._before_training(train_store)
+        self.run_training(
+            self.network_, self._train_batches(train_store), self._valid_batches(valid_store)
+        )
         self._after_training(train_store)
-
-    def _after_training(self, train_store: FrameStore) -> None:
-        """Fit anything beyond the network on the (stride-1) training windows."""
 
     def _score(self, clips: list[Clip]) -> np.ndarray:
         store = self._store(clips, self.score_stride)
-        return store.clip_means(self._map_windows(store, self.network_.window_errors))
+        return store.clip_means(self._map_windows(store, self.network_.window_scores))
 
     @torch.inference_mode()
     def _anomaly_map(self, clip: Clip) -> np.ndarray | None:
         """Mean per-element error over the windows (every start frame) covering each
-        time-frequency cell, in standardised units; None when the detector scores
-        something other than the clip mean of the window errors (e.g. code distance)."""
-        if type(self)._score is not LogMelWindowDetector._score:
+        time-frequency cell, in scaled units; None when the score does not decompose
+        over elements (a code distance, or a score other than the clip mean of the
+        window scores)."""
+        if type(self)._score is not FrameStoreDetector._score:
             return None
         store = self._store([clip], 1)
         parts = []
-        for idx in shuffled_batches(store.n_windows, SCORE_BATCH, None):
+        for idx in shuffled_batches(store.n_windows, self.score_batch_size, None):
             errors = element_errors(self.network_, self._batch(store, idx))
             if errors is None:
                 return None
-            parts.append(errors.numpy())
+            parts.append(from_batch(errors, self.layout, store.n_features))
         n_frames = int(store.offsets[1])
         return overlap_average(np.concatenate(parts), store.window_starts, n_frames)
 
     def _get_state(self) -> tuple[dict[str, np.ndarray], dict]:
         state = {
             "n_features": self.n_features_,
+            "scaling": self.scaler_.name if self.scaler_ is not None else None,
             "scaler": self.scaler_.to_dict() if self.scaler_ is not None else None,
+            **self._extra_state(),
         }
         return self.network_arrays(self.network_), state
 
     def _set_state(self, tensors: dict[str, np.ndarray], state: dict) -> None:
-        self.scaler_ = Standardizer.from_dict(state["scaler"]) if state["scaler"] else None
-        self.network_ = self._build_network(int(state["n_features"]))
+        # Files written before the bases merged lack "scaling" (standardised windows) or
+        # "n_features" (patches, whose network is sized by the n_mels parameter).
+        scaler = state["scaler"]
+        self.scaler_ = (
+            scaler_from_dict(state.get("scaling") or "standard", scaler) if scaler else None
+        )
+        self._load_extra_state(state)
+        self.n_features_ = int(state.get("n_features", getattr(self, "n_mels", 0)))
+        self.network_ = self._new_network(self.n_features_)
         self.load_network_arrays(self.network_, tensors)
-
-    @property
-    def n_features_(self) -> int:
-        return int(self.network_.n_features)
