@@ -13,12 +13,16 @@ from soundwatch.detectors.base import holdout_split
 from soundwatch.detectors.modelfile import read_model_file
 from soundwatch.errors import ConfigError, ModelFileError
 
-FAST = {"dcase2020-ae": {"epochs": 2}, "logmel-mahalanobis": {}}
-
 
 @pytest.fixture(scope="module")
 def slider(slider_mini):
     return discover(slider_mini, "slider", "train"), discover(slider_mini, "slider", "test")
+
+
+@pytest.fixture(scope="module")
+def mahalanobis(slider):
+    """logmel-mahalanobis fitted once on the real slider training clips."""
+    return create("logmel-mahalanobis").fit(slider[0])
 
 
 def test_registry_lists_builtin_detectors():
@@ -56,37 +60,10 @@ def test_holdout_split_is_stratified_and_deterministic():
     assert not set(train) & set(held)
 
 
-def test_fit_refuses_anomalous_or_empty_training_data(slider):
+def test_logmel_mahalanobis_separates_real_slider_anomalies(slider, mahalanobis):
     _, test = slider
-    with pytest.raises(ConfigError, match="must be normal"):
-        create("logmel-mahalanobis").fit(test)
-    with pytest.raises(ConfigError, match="no training clips"):
-        create("logmel-mahalanobis").fit([])
-    with pytest.raises(ConfigError, match="not fitted"):
-        create("logmel-mahalanobis").score(test)
-
-
-@pytest.mark.parametrize("name", sorted(FAST))
-def test_fit_score_save_load_round_trip(name, slider, tmp_path):
-    train, test = slider
-    detector = create(name, **FAST[name]).fit(train)
-    scores = detector.score(test)
-    assert scores.shape == (6,) and np.isfinite(scores).all()
-    assert set(detector.thresholds_) >= {"all"}
-    path = detector.save(tmp_path / "model.safetensors")
-    loaded = Detector.load(path)
-    assert type(loaded) is type(detector)
-    assert loaded.get_params() == detector.get_params()
-    np.testing.assert_array_equal(loaded.score(test), scores)
-    assert loaded.thresholds_ == pytest.approx(detector.thresholds_)
-    with pytest.raises(ConfigError, match="already exists"):
-        detector.save(path)
-
-
-def test_builtin_detectors_separate_real_slider_anomalies(slider):
-    train, test = slider
     labels = np.array([c.is_anomaly for c in test])
-    scores = create("logmel-mahalanobis").fit(train).score(test)
+    scores = mahalanobis.score(test)
     assert scores[labels].min() > scores[~labels].max()
 
 
@@ -101,17 +78,15 @@ def test_dcase2020_ae_architecture_matches_baseline():
     assert n_batchnorm == len(linear) - 1
 
 
-def test_per_id_models(slider, tmp_path):
+def test_per_id_models_route_clips_by_machine_id(slider):
     train, test = slider
     relabelled = [
         Clip(c.path, c.machine_type, "02" if i % 2 else "00", c.split, c.label)
         for i, c in enumerate(train)
     ]
-    detector = create("dcase2020-ae", epochs=1, per_id=True).fit(relabelled)
+    detector = create("logmel-mahalanobis", per_id=True).fit(relabelled)
     assert sorted(detector._members) == ["00", "02"]
-    scores = detector.score(test)
-    loaded = Detector.load(detector.save(tmp_path / "m.safetensors"))
-    np.testing.assert_array_equal(loaded.score(test), scores)
+    np.testing.assert_array_equal(detector.score(test), detector._members["00"]._score(test))
     # A clip of an ID the model never saw is judged by its closest ID model.
     unseen = [Clip(c.path, c.machine_type, "09", c.split, c.label) for c in test]
     np.testing.assert_array_equal(
@@ -120,9 +95,8 @@ def test_per_id_models(slider, tmp_path):
     )
 
 
-def test_model_file_metadata_is_json_without_pickle(slider, tmp_path):
-    train, _ = slider
-    path = create("logmel-mahalanobis").fit(train).save(tmp_path / "m.safetensors")
+def test_model_file_metadata_is_json_without_pickle(mahalanobis, tmp_path):
+    path = mahalanobis.save(tmp_path / "m.safetensors")
     tensors, meta = read_model_file(path)
     assert meta["detector"] == "logmel-mahalanobis"
     assert meta["params"]["n_mels"] == 128
@@ -132,9 +106,8 @@ def test_model_file_metadata_is_json_without_pickle(slider, tmp_path):
     assert b"pickle" not in path.read_bytes()[:64]
 
 
-def test_model_file_from_other_version_is_refused(slider, tmp_path):
-    train, _ = slider
-    path = create("logmel-mahalanobis").fit(train).save(tmp_path / "m.safetensors")
+def test_model_file_from_other_version_is_refused(mahalanobis, tmp_path):
+    path = mahalanobis.save(tmp_path / "m.safetensors")
     tensors, meta = read_model_file(path)
     meta["format_version"] = 999
     meta["soundwatch_version"] = "9.0.0"
