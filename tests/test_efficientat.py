@@ -35,11 +35,10 @@ MN04_FILE = EFFICIENTAT_MODELS["mn04"]["file"]
 
 
 @pytest.fixture(scope="module")
-def model_dir(shared_dir: Path) -> Path:
-    path = shared_dir / "models" / "efficientat-mn04-as"
-    if not (path / MN04_FILE).is_file():
-        pytest.skip(f"EfficientAT mn04 files not found in {path}")
-    return path
+def model_dir(efficientat_weights: Path) -> Path:
+    if not (efficientat_weights / MN04_FILE).is_file():
+        pytest.fail(f"EfficientAT mn04 file {MN04_FILE} not found in {efficientat_weights}")
+    return efficientat_weights
 
 
 @pytest.fixture(scope="module")
