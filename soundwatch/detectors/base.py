@@ -1,6 +1,7 @@
 """The detector contract: configure in ``__init__``, then ``fit``, ``score``, ``save``, ``load``.
 
-A subclass declares ``name``, ``summary`` and ``params`` and implements four hooks:
+A subclass declares ``name``, ``params`` and (unless it is a built-in, whose summary is
+in :data:`soundwatch.detectors.registry.BUILTIN`) ``summary``, and implements four hooks:
 ``_fit(train, valid)``, ``_score(clips)``, ``_get_state()`` and ``_set_state(...)``.
 The base class does everything common to all detectors: parameter validation, the
 held-out split of training normals, one model per machine ID on request, the decision
@@ -89,7 +90,8 @@ class Detector(ABC):
     name : str
         Registry name, e.g. ``"dcase2020-ae"``.
     summary : str
-        One-line description for ``soundwatch detectors``.
+        One-line description for ``soundwatch detectors`` (set by the registry for
+        built-in detectors).
     params : dict of str to Param
         Hyperparameters in addition to :data:`COMMON_PARAMS` (which they may override).
     thresholds_ : dict of str to float

@@ -21,9 +21,6 @@ sound the decoder has learnt to invert, and anomalous sound is reconstructed wor
     are too large to cache (about 1 MB per 10 s clip for mn04), so the encoder runs on
     every training batch, on random crops of ``crop_seconds`` to bound the cost.
 
-``efficientat-mlp-decoder`` and ``efficientat-unet-decoder`` are the same detectors
-under the names used in the study reports, with EfficientAT mn04 as the encoder.
-
 The model file holds the decoder only: like the embedding detectors, the encoder and
 its weights must be available when scoring.
 """
@@ -42,10 +39,10 @@ from torch import nn
 from soundwatch.data.audio import fix_length, load_audio
 from soundwatch.data.clips import Clip
 from soundwatch.detectors.base import Detector
-from soundwatch.detectors.conv import parse_list
+from soundwatch.detectors.embedding import ENCODER_PARAMS
 from soundwatch.detectors.frontend import LOGMEL_PARAMS, LogMelFrontend
 from soundwatch.detectors.neural import TRAIN_PARAMS, TorchDetectorMixin
-from soundwatch.detectors.params import Param
+from soundwatch.detectors.params import Param, override, parse_channel, parse_list
 from soundwatch.detectors.registry import register
 from soundwatch.encoders.base import Encoder
 from soundwatch.encoders.embed import embed_clips
@@ -54,37 +51,10 @@ from soundwatch.encoders.registry import shared_encoder
 from soundwatch.errors import ConfigError, ModelFileError
 from soundwatch.features.scaling import Standardizer
 
-DEFAULT_ENCODER = "efficientat-mn04"
-#: Encoder frames per pass when scoring the MLP decoder.
-SCORE_BATCH = 4096
+#: Encoder frames per pass of the MLP decoder when validating and scoring.
+FRAME_BATCH = 4096
 #: Training clips whose log-mel statistics set the U-Net decoder's output offset and scale.
 STATISTICS_CLIPS = 64
-
-ENCODER_PARAMS: dict[str, Param] = {
-    # Validated at fit time, not here: encoders may register after this module loads,
-    # and a model file must stay loadable even where its encoder is unavailable.
-    "encoder": Param(DEFAULT_ENCODER, "frozen audio encoder (see soundwatch.encoders)"),
-    "weights": Param(
-        None, "encoder checkpoint (none = the encoder's default)", kind=str, optional=True
-    ),
-    "device": Param("cpu", "torch device of the encoder ('auto' = cuda when available)"),
-    "encoder_batch_size": Param(8, "clips per encoder pass", low=1),
-}
-
-
-def with_defaults(params: dict[str, Param], **defaults: Any) -> dict[str, Param]:
-    """``params`` with other default values, for the short-named presets."""
-    unknown = set(defaults) - set(params)
-    if unknown:
-        raise TypeError(f"unknown parameter(s) {sorted(unknown)}")
-    return {
-        key: dataclasses.replace(param, default=defaults[key]) if key in defaults else param
-        for key, param in params.items()
-    }
-
-
-#: The shared training parameters, with a learning-rate schedule and early stopping on.
-DECODER_TRAIN_PARAMS = with_defaults(TRAIN_PARAMS, lr_patience=3, early_stopping_patience=6)
 
 
 class EncoderDecoderDetector(TorchDetectorMixin, Detector):
@@ -99,9 +69,6 @@ class EncoderDecoderDetector(TorchDetectorMixin, Detector):
             return shared_encoder(self.encoder, self.weights, self.device, self.encoder_batch_size)
         except ConfigError as exc:
             raise ConfigError(f"{self.name}: {exc}") from None
-
-    def _channel(self) -> int | str:
-        return self.channel if self.channel == "mean" else int(self.channel)
 
 
 # ==========================================================================================
@@ -216,26 +183,25 @@ class EncoderMLPDecoder(LogMelFrontend, EncoderDecoderDetector):
     """
 
     name = "encoder-mlp-decoder"
-    summary = "frozen encoder + MLP decoding each frame embedding to its log-mel frames"
     params = {
         **LOGMEL_PARAMS,
         **ENCODER_PARAMS,
-        **DECODER_TRAIN_PARAMS,
+        **override(
+            TRAIN_PARAMS, epochs=30, batch_size=256, lr_patience=3, early_stopping_patience=6
+        ),
         "hidden": Param("256,256", "hidden layer sizes of the MLP, comma-separated"),
-        "epochs": Param(30, "maximum training epochs", low=1),
-        "batch_size": Param(256, "training batch size (encoder frames)", low=1),
     }
 
     def __init__(self, **params: Any) -> None:
         super().__init__(**params)
-        self._hidden = parse_list("hidden", self.hidden, int, 1)
+        self._hidden = parse_list("hidden", self.hidden)
 
     # ----------------------------------------------------------------- data
     def _frame_data(self, clips: list[Clip]) -> _FrameData:
         """Standardised, aligned encoder and log-mel frames of ``clips`` (fitted state)."""
         encoder = self.get_encoder()
         _, frames = embed_clips(
-            clips, encoder, "mean", duration=self.duration, channel=self._channel()
+            clips, encoder, "mean", duration=self.duration, channel=parse_channel(self.channel)
         )
         logmels = self.logmels(clips)
         if frames and frames[0].shape[1] != self.embed_scaler_.mean_.shape[0]:
@@ -270,7 +236,7 @@ class EncoderMLPDecoder(LogMelFrontend, EncoderDecoderDetector):
     def _fit(self, train: list[Clip], valid: list[Clip]) -> None:
         encoder = self.get_encoder()
         _, frames = embed_clips(
-            train, encoder, "mean", duration=self.duration, channel=self._channel()
+            train, encoder, "mean", duration=self.duration, channel=parse_channel(self.channel)
         )
         logmels = self.logmels(train)
         self.embed_scaler_ = Standardizer().fit([f.T for f in frames])
@@ -302,8 +268,8 @@ class EncoderMLPDecoder(LogMelFrontend, EncoderDecoderDetector):
 
         def valid_batches() -> Iterator[tuple[torch.Tensor, ...]]:
             vx, vy, vmask = valid_arrays
-            for start in range(0, len(vx), SCORE_BATCH):
-                rows = slice(start, start + SCORE_BATCH)
+            for start in range(0, len(vx), FRAME_BATCH):
+                rows = slice(start, start + FRAME_BATCH)
                 yield (
                     torch.from_numpy(vx[rows]),
                     torch.from_numpy(vy[rows]),
@@ -319,9 +285,9 @@ class EncoderMLPDecoder(LogMelFrontend, EncoderDecoderDetector):
         predictions = np.concatenate(
             [
                 self.network_(
-                    torch.from_numpy(data.embeddings[start : start + SCORE_BATCH])
+                    torch.from_numpy(data.embeddings[start : start + FRAME_BATCH])
                 ).numpy()
-                for start in range(0, len(data.embeddings), SCORE_BATCH)
+                for start in range(0, len(data.embeddings), FRAME_BATCH)
             ]
         )
         reconstructed = predictions[data.frame_index, data.slot_index]  # (n_mel_total, n_mels)
@@ -481,10 +447,11 @@ class EncoderUNetDecoder(EncoderDecoderDetector):
     """
 
     name = "encoder-unet-decoder"
-    summary = "frozen EfficientAT + U-Net decoder with deep skip connections, log-mel MSE"
     params = {
         **ENCODER_PARAMS,
-        **DECODER_TRAIN_PARAMS,
+        **override(
+            TRAIN_PARAMS, epochs=20, batch_size=16, lr_patience=3, early_stopping_patience=6
+        ),
         "skip_levels": Param(3, "encoder maps feeding the decoder, deepest first", low=1),
         "channels": Param(
             "128,64,32,16,8", "filters of the up blocks, deepest first (one per x2 upsampling)"
@@ -493,13 +460,11 @@ class EncoderUNetDecoder(EncoderDecoderDetector):
         "crops_per_clip": Param(1, "random training crops per clip and epoch", low=1),
         "duration": LOGMEL_PARAMS["duration"],
         "channel": LOGMEL_PARAMS["channel"],
-        "epochs": Param(20, "maximum training epochs", low=1),
-        "batch_size": Param(16, "training batch size (crops)", low=1),
     }
 
     def __init__(self, **params: Any) -> None:
         super().__init__(**params)
-        self._channels = parse_list("channels", self.channels, int, 1)
+        self._channels = parse_list("channels", self.channels)
 
     # ----------------------------------------------------------------- encoder
     def _feature_encoder(self) -> EfficientATEncoder:
@@ -544,7 +509,9 @@ class EncoderUNetDecoder(EncoderDecoderDetector):
         return frames * hop
 
     def _load_audio(self, clip: Clip, sample_rate: int) -> np.ndarray:
-        return load_audio(clip.path, sample_rate, channel=self._channel(), duration=self.duration)
+        return load_audio(
+            clip.path, sample_rate, channel=parse_channel(self.channel), duration=self.duration
+        )
 
     @staticmethod
     def _crop(waveform: np.ndarray, n_samples: int, rng: np.random.Generator | None) -> np.ndarray:
@@ -660,27 +627,3 @@ class EncoderUNetDecoder(EncoderDecoderDetector):
         self.n_mels_ = int(state["n_mels"])
         self.network_ = UNetDecoder(self.map_channels_, self.levels_, self._channels, self.n_mels_)
         self.load_network_arrays(self.network_, tensors)
-
-
-# ==========================================================================================
-# Short names used in the study reports
-# ==========================================================================================
-
-
-@register
-class EfficientATMLPDecoder(EncoderMLPDecoder):
-    """EfficientAT mn04 + MLP log-mel decoder (``encoder-mlp-decoder`` preset)."""
-
-    name = "efficientat-mlp-decoder"
-    summary = "EfficientAT mn04 frozen + MLP decoder of log-mel blocks, reconstruction MSE"
-    params = with_defaults(EncoderMLPDecoder.params, encoder=DEFAULT_ENCODER)
-
-
-@register
-class EfficientATUNetDecoder(EncoderUNetDecoder):
-    """EfficientAT mn04 + U-Net decoder with its 3 deepest maps (``encoder-unet-decoder``
-    preset)."""
-
-    name = "efficientat-unet-decoder"
-    summary = "EfficientAT mn04 frozen + U-Net decoder (3 deepest skips), log-mel MSE"
-    params = with_defaults(EncoderUNetDecoder.params, encoder=DEFAULT_ENCODER, skip_levels=3)

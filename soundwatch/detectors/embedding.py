@@ -5,14 +5,13 @@ pooled into one vector, and a scorer from :mod:`soundwatch.detectors.scorers` fi
 the normal training vectors gives the anomaly score. Frame embeddings are cached on disk
 like log-mel features, so refitting with another scorer or pooling skips the network.
 
-``embedding`` exposes every choice as a parameter; ``efficientat-mahalanobis``,
+``embedding`` exposes every choice as a parameter (its default scorer is Mahalanobis);
 ``efficientat-knn``, ``efficientat-ocsvm`` and ``efficientat-gmm`` are the same class
-under short names with another default scorer.
+with another default scorer.
 """
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
 import numpy as np
@@ -20,7 +19,7 @@ import numpy as np
 from soundwatch.data.clips import Clip
 from soundwatch.detectors.base import Detector
 from soundwatch.detectors.frontend import LOGMEL_PARAMS
-from soundwatch.detectors.params import Param
+from soundwatch.detectors.params import Param, override, parse_channel
 from soundwatch.detectors.registry import register
 from soundwatch.detectors.scorers import METRICS, SCORERS, Scorer, create_scorer, parse_gamma
 from soundwatch.encoders.base import Encoder
@@ -31,16 +30,23 @@ from soundwatch.errors import ConfigError, ModelFileError
 
 DEFAULT_ENCODER = "efficientat-mn04"
 
-EMBEDDING_PARAMS: dict[str, Param] = {
+#: The frozen encoder of the embedding and decoder detectors.
+ENCODER_PARAMS: dict[str, Param] = {
     # Validated at fit time, not here: encoders may register after this module loads,
     # and a model file must stay loadable even where its encoder is unavailable.
     "encoder": Param(DEFAULT_ENCODER, "registered audio encoder (see soundwatch.encoders)"),
     "weights": Param(
         None, "encoder checkpoint file (none = the encoder's default)", kind=str, optional=True
     ),
+    "device": Param("cpu", "torch device of the encoder ('auto' = cuda when available)"),
+    "encoder_batch_size": Param(8, "clips per encoder pass", low=1),
+}
+
+EMBEDDING_PARAMS: dict[str, Param] = {
+    **ENCODER_PARAMS,
     "pooling": Param("mean", "pooling of frame embeddings over time", choices=POOLINGS),
     "gem_p": Param(DEFAULT_GEM_P, "exponent of gem pooling", low=1.0),
-    "scorer": Param("mahalanobis", "scorer of clip embeddings", choices=tuple(SCORERS)),
+    "scorer": Param("mahalanobis", "scorer of clip embeddings", choices=tuple(SCORERS.names())),
     "standardize": Param(True, "standardise embeddings with training mean and std first"),
     "knn_k": Param(5, "knn: neighbours averaged", low=1),
     "knn_metric": Param(
@@ -55,18 +61,8 @@ EMBEDDING_PARAMS: dict[str, Param] = {
     "gmm_reg": Param(1e-3, "gmm: covariance regularisation, relative to the variance", low=0.0),
     "duration": LOGMEL_PARAMS["duration"],
     "channel": LOGMEL_PARAMS["channel"],
-    "device": Param("cpu", "torch device of the encoder ('auto' = cuda when available)"),
-    "batch_size": Param(8, "encoder batch size", low=1),
     "per_id": Param(True, "fit one scorer per machine ID instead of one per type"),
 }
-
-
-def with_defaults(**defaults: Any) -> dict[str, Param]:
-    """:data:`EMBEDDING_PARAMS` with other default values, for the short-named variants."""
-    return {
-        key: dataclasses.replace(param, default=defaults[key]) if key in defaults else param
-        for key, param in EMBEDDING_PARAMS.items()
-    }
 
 
 @register
@@ -89,7 +85,6 @@ class EmbeddingDetector(Detector):
     """
 
     name = "embedding"
-    summary = "pretrained-encoder embeddings scored by Mahalanobis, kNN, OC-SVM, GMM, ..."
     params = EMBEDDING_PARAMS
 
     def __init__(self, **params: Any) -> None:
@@ -106,7 +101,7 @@ class EmbeddingDetector(Detector):
                 f"{self.name}: unknown encoder {self.encoder!r}; "
                 f"available: {', '.join(ENCODERS.names()) or 'none'}"
             )
-        return shared_encoder(self.encoder, self.weights, self.device, self.batch_size)
+        return shared_encoder(self.encoder, self.weights, self.device, self.encoder_batch_size)
 
     def make_scorer(self) -> Scorer:
         """An unfitted scorer configured from this detector's parameters."""
@@ -122,14 +117,13 @@ class EmbeddingDetector(Detector):
 
     def embed(self, clips: list[Clip]) -> np.ndarray:
         """Pooled clip embeddings of shape (n_clips, dim)."""
-        channel = self.channel if self.channel == "mean" else int(self.channel)
         vectors, _ = embed_clips(
             clips,
             self.get_encoder(),
             self.pooling,
             gem_p=self.gem_p,
             duration=self.duration,
-            channel=channel,
+            channel=parse_channel(self.channel),
         )
         return vectors
 
@@ -156,17 +150,17 @@ class EmbeddingDetector(Detector):
         arrays = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
         self.scorer_ = Scorer.from_state(arrays, state["scorer"])
 
+    @classmethod
+    def from_state(
+        cls, params: dict[str, Any], tensors: dict[str, np.ndarray], state: dict
+    ) -> EmbeddingDetector:
+        if "batch_size" in params:  # the name of encoder_batch_size in older model files
+            params = dict(params)
+            params["encoder_batch_size"] = params.pop("batch_size")
+        return super().from_state(params, tensors, state)
 
-# Short names: the same detector with another default scorer, for listings and the CLI.
 
-
-@register
-class EfficientATMahalanobis(EmbeddingDetector):
-    """EfficientAT mn04 embeddings, Ledoit-Wolf Mahalanobis scorer (``embedding`` preset)."""
-
-    name = "efficientat-mahalanobis"
-    summary = "EfficientAT mn04 embeddings + Ledoit-Wolf Mahalanobis distance"
-    params = with_defaults(encoder=DEFAULT_ENCODER, scorer="mahalanobis")
+# The same detector with another default scorer.
 
 
 @register
@@ -174,8 +168,7 @@ class EfficientATKNN(EmbeddingDetector):
     """EfficientAT mn04 embeddings, k-nearest-neighbour scorer (``embedding`` preset)."""
 
     name = "efficientat-knn"
-    summary = "EfficientAT mn04 embeddings + mean distance to the 5 nearest normals"
-    params = with_defaults(encoder=DEFAULT_ENCODER, scorer="knn")
+    params = override(EMBEDDING_PARAMS, scorer="knn")
 
 
 @register
@@ -183,8 +176,7 @@ class EfficientATOCSVM(EmbeddingDetector):
     """EfficientAT mn04 embeddings, RBF One-Class SVM scorer (``embedding`` preset)."""
 
     name = "efficientat-ocsvm"
-    summary = "EfficientAT mn04 embeddings + RBF One-Class SVM"
-    params = with_defaults(encoder=DEFAULT_ENCODER, scorer="ocsvm")
+    params = override(EMBEDDING_PARAMS, scorer="ocsvm")
 
 
 @register
@@ -192,5 +184,4 @@ class EfficientATGMM(EmbeddingDetector):
     """EfficientAT mn04 embeddings, Gaussian-mixture scorer (``embedding`` preset)."""
 
     name = "efficientat-gmm"
-    summary = "EfficientAT mn04 embeddings + Gaussian mixture negative log-likelihood"
-    params = with_defaults(encoder=DEFAULT_ENCODER, scorer="gmm")
+    params = override(EMBEDDING_PARAMS, scorer="gmm")

@@ -130,7 +130,6 @@ class EnsembleDetector(Detector):
     """
 
     name = "ensemble"
-    summary = "weighted mean of member detectors' scores, standardised on held-out normals"
     params = {
         "members": Param("id-classifier,logmel-mahalanobis", "comma-separated detector names"),
         "member_params": Param("", "member parameters as 'det.key=value;det.key=value'"),

@@ -13,420 +13,36 @@ pseudo-classes), optionally against clips of other machine types as outlier clas
 
 from __future__ import annotations
 
-import math
 from collections import Counter
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from soundwatch.data.audio import load_audio
 from soundwatch.data.clips import Clip
 from soundwatch.detectors.base import Detector
 from soundwatch.detectors.frontend import LOGMEL_PARAMS, LogMelFrontend
-from soundwatch.detectors.neural import TorchDetectorMixin
-from soundwatch.detectors.params import Param
+from soundwatch.detectors.id_crops import INT16_SCALE, ClassKey, CropBank
+from soundwatch.detectors.id_network import LOSSES, IdClassifierNet
+from soundwatch.detectors.id_transforms import TRANSFORMS
+from soundwatch.detectors.neural import TRAIN_PARAMS, TorchDetectorMixin
+from soundwatch.detectors.params import Param, override, parse_channel
 from soundwatch.detectors.registry import register
 from soundwatch.detectors.scorers import Scorer, create_scorer
-from soundwatch.detectors.windows import train_params
 from soundwatch.errors import ConfigError, ModelFileError
 from soundwatch.features.scaling import Standardizer
 from soundwatch.training.loop import shuffled_batches
 
-LOSSES = ("arcface", "adacos", "softmax")
 SCORE_METHODS = ("nll", "knn", "mahalanobis", "gmm")
 FALLBACKS = ("auto", "transforms", "off")
-#: Pseudo-classes of the single-machine fallback; "identity" must stay first.
-TRANSFORMS = ("identity", "time_stretch", "freq_shift", "band_stop", "reverse", "tilt")
+#: Crops per inference pass.
 SCORE_BATCH = 64
-# int16 waveforms halve the memory of the temporal branch's input (DCASE files are
-# 16-bit PCM, so nothing is lost on them): 2,370 ten-second clips take 0.76 GB.
-_INT16_SCALE = 32767.0
 
 
-# ----------------------------------------------------------------------------- network
-def conv_bn(
-    c_in: int, c_out: int, kernel: int = 3, stride: int = 1, groups: int = 1, act: bool = True
-) -> nn.Sequential:
-    """Conv2d (no bias, 'same' padding) + BatchNorm2d (+ PReLU, as in MobileFaceNet)."""
-    layers: list[nn.Module] = [
-        nn.Conv2d(c_in, c_out, kernel, stride, kernel // 2, groups=groups, bias=False),
-        nn.BatchNorm2d(c_out),
-    ]
-    if act:
-        layers.append(nn.PReLU(c_out))
-    return nn.Sequential(*layers)
-
-
-class InvertedResidual(nn.Module):
-    """MobileNetV2 bottleneck: 1x1 expand, 3x3 depthwise (maybe strided), linear 1x1
-    project; residual connection when the shape is kept."""
-
-    def __init__(self, c_in: int, c_out: int, stride: int, expansion: int) -> None:
-        super().__init__()
-        hidden = c_in * expansion
-        self.body = nn.Sequential(
-            conv_bn(c_in, hidden, 1),
-            conv_bn(hidden, hidden, 3, stride, groups=hidden),
-            conv_bn(hidden, c_out, 1, act=False),
-        )
-        self.residual = stride == 1 and c_in == c_out
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.body(x)
-        return x + y if self.residual else y
-
-
-class MobileFaceNetLite(nn.Module):
-    """Small MobileFaceNet: input (batch, in_channels, n_mels, n_frames) -> (batch, dim).
-
-    A strided stem and three strided stages of inverted residuals (widths 2w, 4w, 8w for
-    ``width`` w) divide both axes by 16. The global depthwise convolution (GDC) of
-    MobileFaceNet spans the remaining frequency rows only, so every frequency region
-    keeps its own learned weight (which ID a sound belongs to depends on *where* its
-    tones are), while time is averaged: any number of frames is accepted.
-    """
-
-    def __init__(self, in_channels: int, n_mels: int, width: int, dim: int) -> None:
-        super().__init__()
-        layers: list[nn.Module] = [
-            conv_bn(in_channels, width, 3, 2),
-            conv_bn(width, width, 3, groups=width),
-        ]
-        channels = width
-        rows = (n_mels + 1) // 2
-        for c_out in (2 * width, 4 * width, 8 * width):
-            layers += [
-                InvertedResidual(channels, c_out, 2, 2),
-                InvertedResidual(c_out, c_out, 1, 2),
-            ]
-            channels = c_out
-            rows = (rows + 1) // 2
-        layers.append(conv_bn(channels, 2 * channels, 1))
-        self.body = nn.Sequential(*layers)
-        self.gdc = nn.Sequential(
-            nn.Conv2d(2 * channels, 2 * channels, (rows, 1), groups=2 * channels, bias=False),
-            nn.BatchNorm2d(2 * channels),
-        )
-        self.project = nn.Sequential(nn.Linear(2 * channels, dim, bias=False), nn.BatchNorm1d(dim))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.project(self.gdc(self.body(x)).mean(dim=(2, 3)))
-
-
-class TemporalBranch(nn.Module):
-    """STgram's learnable front end: waveform (batch, samples) -> (batch, n_mels, frames).
-
-    A strided Conv1d with the STFT's window and hop (a learnable filterbank), then three
-    BatchNorm / LeakyReLU / Conv1d(3) layers. STgram normalises over time with a
-    LayerNorm of fixed length; BatchNorm is used here so any crop length works. The
-    input of a crop of ``frames`` log-mel frames is ``(frames - 1) * hop + n_fft``
-    samples, so the output is aligned with the log-mel frames.
-    """
-
-    def __init__(self, n_mels: int, n_fft: int, hop_length: int) -> None:
-        super().__init__()
-        self.filterbank = nn.Conv1d(1, n_mels, n_fft, hop_length, bias=False)
-        layers: list[nn.Module] = []
-        for _ in range(3):
-            layers += [
-                nn.BatchNorm1d(n_mels),
-                nn.LeakyReLU(0.2),
-                nn.Conv1d(n_mels, n_mels, 3, padding=1, bias=False),
-            ]
-        self.encoder = nn.Sequential(*layers)
-
-    def forward(self, wave: torch.Tensor) -> torch.Tensor:
-        return self.encoder(self.filterbank(wave.unsqueeze(1)))
-
-
-class MarginHead(nn.Module):
-    """Cosine classifier with ArcFace margin, AdaCos scale or neither.
-
-    ``cosines(emb)`` has shape (batch, n_classes): the cosine between the normalised
-    embedding and its nearest sub-centre of each class (sub-centre ArcFace, Deng et al.
-    2020, with ``subclusters`` centres per class). Logits are ``scale * cos``; in
-    training ArcFace replaces the target's cosine by ``cos(theta + margin)``, and AdaCos
-    (Zhang et al. 2019) re-estimates the scale after each batch. The scale is a buffer,
-    so the one used for scoring is saved with the model.
-    """
-
-    def __init__(
-        self, dim: int, n_classes: int, subclusters: int, loss: str, scale: float, margin: float
-    ) -> None:
-        super().__init__()
-        self.n_classes, self.subclusters, self.kind = n_classes, subclusters, loss
-        self.weight = nn.Parameter(torch.empty(n_classes * subclusters, dim))
-        nn.init.xavier_uniform_(self.weight)
-        if loss == "adacos":
-            # AdaCos' fixed-point starting value; a 1-class problem would give log(0).
-            scale = math.sqrt(2.0) * math.log(max(n_classes - 1, 2))
-        self.register_buffer("scale", torch.tensor(float(scale)))
-        self.margin = margin if loss == "arcface" else 0.0
-
-    def cosines(self, emb: torch.Tensor) -> torch.Tensor:
-        cos = F.normalize(emb, dim=1) @ F.normalize(self.weight, dim=1).T
-        return cos.view(len(emb), self.n_classes, self.subclusters).amax(dim=2)
-
-    def log_probs(self, cos: torch.Tensor) -> torch.Tensor:
-        """Class log-probabilities (batch, n_classes) at the scoring scale, no margin."""
-        return F.log_softmax(self.scale * cos, dim=1)
-
-    def training_logits(self, cos: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        if self.margin == 0.0:
-            return self.scale * cos
-        cos = cos.clamp(-1 + 1e-7, 1 - 1e-7)
-        sin = torch.sqrt(1.0 - cos * cos)
-        m = self.margin
-        shifted = cos * math.cos(m) - sin * math.sin(m)
-        # Past theta = pi - m, cos(theta + m) is no longer decreasing; ArcFace then uses
-        # a linear penalty instead so the target logit always stays below cos(theta).
-        shifted = torch.where(cos > math.cos(math.pi - m), shifted, cos - math.sin(m) * m)
-        onehot = F.one_hot(target, self.n_classes).bool()
-        return self.scale * torch.where(onehot, shifted, cos)
-
-    @torch.no_grad()
-    def update_adacos_scale(self, cos: torch.Tensor, target: torch.Tensor) -> None:
-        onehot = F.one_hot(target, self.n_classes).bool()
-        b_avg = torch.where(onehot, 0.0, torch.exp(self.scale * cos)).sum(1).mean()
-        theta = torch.acos(cos[onehot].clamp(-1 + 1e-7, 1 - 1e-7))
-        theta_med = torch.clamp(theta.median(), max=math.pi / 4)
-        self.scale.copy_(torch.log(b_avg.clamp_min(1e-12)) / torch.cos(theta_med))
-
-
-class IdClassifierNet(nn.Module):
-    """Log-mel (+ optional temporal branch) -> MobileFaceNetLite -> margin head.
-
-    A batch is ``(mel, wave, target)``: standardised log-mel crops (batch, n_mels,
-    frames), waveform crops (batch, samples) or None, class indices (batch,).
-    """
-
-    def __init__(
-        self,
-        n_mels: int,
-        n_classes: int,
-        *,
-        width: int,
-        dim: int,
-        temporal: tuple[int, int] | None,
-        loss: str,
-        scale: float,
-        margin: float,
-        subclusters: int,
-        mixup: float,
-    ) -> None:
-        super().__init__()
-        self.temporal = TemporalBranch(n_mels, *temporal) if temporal else None
-        self.backbone = MobileFaceNetLite(2 if temporal else 1, n_mels, width, dim)
-        self.head = MarginHead(dim, n_classes, subclusters, loss, scale, margin)
-        self.mixup = mixup
-
-    def embed(self, mel: torch.Tensor, wave: torch.Tensor | None) -> torch.Tensor:
-        """Embeddings (batch, dim)."""
-        x = mel.unsqueeze(1)
-        if self.temporal is not None:
-            x = torch.cat([x, self.temporal(wave).unsqueeze(1)], dim=1)
-        return self.backbone(x)
-
-    def loss(self, batch: tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]) -> torch.Tensor:
-        mel, wave, target = batch
-        if not (self.training and self.mixup > 0):
-            cos = self.head.cosines(self.embed(mel, wave))
-            if self.training and self.head.kind == "adacos":
-                self.head.update_adacos_scale(cos, target)
-            return F.cross_entropy(self.head.training_logits(cos, target), target)
-        # Mixup (Zhang et al. 2018): a convex mix of two clips counts towards both labels.
-        lam = float(np.random.beta(self.mixup, self.mixup))
-        perm = torch.randperm(len(target))
-        mel = lam * mel + (1 - lam) * mel[perm]
-        wave = None if wave is None else lam * wave + (1 - lam) * wave[perm]
-        cos = self.head.cosines(self.embed(mel, wave))
-        if self.head.kind == "adacos":
-            self.head.update_adacos_scale(cos, target)
-        loss_a = F.cross_entropy(self.head.training_logits(cos, target), target)
-        loss_b = F.cross_entropy(self.head.training_logits(cos, target[perm]), target[perm])
-        return lam * loss_a + (1 - lam) * loss_b
-
-
-# ----------------------------------------------------------------------------- transforms
-def _resample_time(x: np.ndarray, n_frames: int) -> np.ndarray:
-    """Linearly resample the time axis of (n_mels, m) to (n_mels, n_frames)."""
-    pos = np.linspace(0.0, x.shape[1] - 1, n_frames)
-    i0 = np.minimum(pos.astype(int), x.shape[1] - 2)
-    frac = (pos - i0).astype(np.float32)
-    return x[:, i0] * (1 - frac) + x[:, i0 + 1] * frac
-
-
-def apply_transform(
-    source: np.ndarray,
-    start: int,
-    n_frames: int,
-    name: str,
-    rng: np.random.Generator,
-    strength: float = 1.0,
-) -> np.ndarray:
-    """Crop ``n_frames`` frames of a raw log-mel (n_mels, total) at ``start`` and apply one
-    of :data:`TRANSFORMS` (in dB, before standardisation).
-
-    At ``strength`` 1 the amounts are random within ranges chosen to be clearly audible
-    yet not trivial: time stretch by 1.2-1.45x either way (resampling the time axis, so a
-    machine's rhythm changes), a shift by 2-8 mel bins either way (pitch), a 15-dB notch
-    over 8-24 bins, time reversal, and a spectral tilt of 6-12 dB across the mel axis
-    either way. ``strength`` scales the log stretch factor, the shift (at least one
-    bin), the notch depth and the tilt: weaker transformations force the classifier to
-    learn the normal sound in more detail.
-
-    Returns
-    -------
-    crop : float32 array of shape (n_mels, n_frames)
-    """
-    total = source.shape[1]
-    if name == "time_stretch":
-        factor = np.exp(strength * rng.uniform(np.log(1.2), np.log(1.45)) * rng.choice((-1, 1)))
-        length = int(np.clip(round(n_frames * factor), 2, total))
-        begin = int(rng.integers(0, total - length + 1))
-        return _resample_time(source[:, begin : begin + length], n_frames).astype(np.float32)
-    crop = source[:, start : start + n_frames]
-    n_mels = crop.shape[0]
-    if name == "identity":
-        return crop.copy()
-    if name == "reverse":
-        return crop[:, ::-1].copy()
-    if name == "freq_shift":
-        shift = max(1, round(strength * int(rng.integers(2, 9)))) * int(rng.choice((-1, 1)))
-        # Edge rows are repeated rather than wrapped: wrapping would move the lowest
-        # bands' energy to the top, which no real pitch change does.
-        rows = np.clip(np.arange(n_mels) - shift, 0, n_mels - 1)
-        return crop[rows].copy()
-    if name == "band_stop":
-        width = int(rng.integers(8, 25))
-        low = int(rng.integers(0, max(n_mels - width, 0) + 1))
-        out = crop.copy()
-        out[low : low + width] -= np.float32(15.0 * strength)
-        return out
-    if name == "tilt":
-        slope = np.float32(strength * rng.uniform(6.0, 12.0) * rng.choice((-1.0, 1.0)))
-        return crop + (slope * np.linspace(-0.5, 0.5, n_mels, dtype=np.float32))[:, None]
-    raise ValueError(f"unknown transform {name!r}")
-
-
-# ----------------------------------------------------------------------------- data
-@dataclass(frozen=True)
-class ClassKey:
-    """One class of the classifier: a machine ID of a type, optionally transformed.
-
-    ``transform`` is None for plain ID classes and for outlier machine types (then
-    ``machine_id`` is None too), else a name from :data:`TRANSFORMS`.
-    """
-
-    machine_type: str | None
-    machine_id: str | None
-    transform: str | None = None
-
-    @property
-    def is_own(self) -> bool:
-        """Whether a clip can belong to this class as it is (no transformation)."""
-        return self.transform in (None, "identity")
-
-
-class CropBank:
-    """The clips of one split as crop sources: raw log-mels, optional int16 waveforms.
-
-    Parameters
-    ----------
-    mels : list of float32 arrays of shape (n_mels, n_frames_i)
-        Raw (not standardised) log-mels; shorter clips are wrapped to ``crop_frames``.
-    waves : list of int16 arrays or None
-        Waveforms padded by ``n_fft // 2`` zeros in front and ``n_fft // 2 + hop`` at
-        the end, so frame ``t``'s STFT window starts at sample ``t * hop``.
-    class_table : int array of shape (n_clips, len(TRANSFORMS))
-        Class index of each clip under each transform; -1 where a clip is never
-        transformed that way (outlier machine types, or no transform fallback). Column 0
-        is the clip's own class (-1 if unknown).
-    """
-
-    def __init__(
-        self,
-        mels: list[np.ndarray],
-        waves: list[np.ndarray] | None,
-        class_table: np.ndarray,
-        crop_frames: int,
-        hop_length: int,
-        n_fft: int,
-        strength: float = 1.0,
-    ) -> None:
-        self.strength = strength
-        self.mels = [
-            m if m.shape[1] >= crop_frames else np.pad(m, ((0, 0), (0, crop_frames)), "wrap")
-            for m in mels
-        ]
-        self.waves = waves
-        self.class_table = class_table
-        self.crop_frames, self.hop_length, self.n_fft = crop_frames, hop_length, n_fft
-        self.transformable = (class_table[:, 1:] >= 0).any(axis=1)
-
-    def __len__(self) -> int:
-        return len(self.mels)
-
-    def grid_starts(self, clip: int, hop_frames: int) -> np.ndarray:
-        """Crop starts covering the whole clip evenly, at most ``hop_frames`` apart."""
-        span = self.mels[clip].shape[1] - self.crop_frames
-        n = -(-span // hop_frames) + 1 if span > 0 else 1
-        return np.round(np.linspace(0, span, n)).astype(int)
-
-    def wave_crop(self, clip: int, start: int) -> np.ndarray:
-        n_samples = (self.crop_frames - 1) * self.hop_length + self.n_fft
-        wave = self.waves[clip]
-        begin = start * self.hop_length
-        out = wave[begin : begin + n_samples]
-        if len(out) < n_samples:  # a wrapped (too short) clip: pad with silence
-            out = np.pad(out, (0, n_samples - len(out)))
-        return out.astype(np.float32) / _INT16_SCALE
-
-    def batch(
-        self,
-        clips: np.ndarray,
-        starts: np.ndarray,
-        transforms: np.ndarray,
-        scaler: Standardizer,
-        rng: np.random.Generator,
-    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
-        """Tensors ``(mel, wave, target)`` of crops; transform 0 (identity) keeps a crop."""
-        mel = np.stack(
-            [
-                apply_transform(
-                    self.mels[c], s, self.crop_frames, TRANSFORMS[t], rng, self.strength
-                )
-                for c, s, t in zip(clips, starts, transforms, strict=True)
-            ]
-        )
-        mel = (mel - scaler.mean_[:, None]) / scaler.scale_[:, None]
-        wave = None
-        if self.waves is not None:
-            wave = torch.from_numpy(
-                np.stack([self.wave_crop(c, s) for c, s in zip(clips, starts, strict=True)])
-            )
-        target = torch.from_numpy(self.class_table[clips, transforms].astype(np.int64))
-        return torch.from_numpy(mel.astype(np.float32)), wave, target
-
-    def random_crops(
-        self, clips: np.ndarray, rng: np.random.Generator, transform: bool
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """Random crop starts and (if ``transform``) random transform indices."""
-        spans = np.array([self.mels[c].shape[1] - self.crop_frames + 1 for c in clips])
-        starts = (rng.random(len(clips)) * spans).astype(int)
-        transforms = np.zeros(len(clips), dtype=int)
-        if transform:
-            movable = self.transformable[clips]
-            transforms[movable] = rng.integers(0, len(TRANSFORMS), movable.sum())
-        return starts, transforms
-
-
-# ----------------------------------------------------------------------------- detector
 def _type_order(machine_type: str | None) -> str:
     return machine_type or ""
 
@@ -434,6 +50,10 @@ def _type_order(machine_type: str | None) -> str:
 @register
 class IdClassifierDetector(LogMelFrontend, TorchDetectorMixin, Detector):
     """Machine-ID classifier (STgram-MFN style); score = how poorly a clip fits its own ID.
+
+    The network is :class:`~soundwatch.detectors.id_network.IdClassifierNet`, the
+    training crops come from :class:`~soundwatch.detectors.id_crops.CropBank`, and the
+    fallback's transformations are in :mod:`soundwatch.detectors.id_transforms`.
 
     Input: random crops of ``crop_seconds`` (default 2 s = 63 frames) of the log-mel
     spectrogram (n_fft 1024, hop 512, 128 mels), each band standardised on the training
@@ -474,17 +94,13 @@ class IdClassifierDetector(LogMelFrontend, TorchDetectorMixin, Detector):
     logits at the trained scale, no margin) averaged over those crops. A clip of an ID
     (or machine type) not seen in training is scored against the class it fits best:
     lowest NLL or lowest scorer score over the untransformed classes.
-    Published reference (full STgram-MFN, 313-frame inputs, GPU): slider dev mean AUC
-    0.9955, pAUC 0.976 (Liu et al., 2022). On soundwatch's synthetic slider data, where
-    the IDs are far easier to tell apart than real ones, the embedding scorers beat
-    ``nll`` and the transform classes help (see the benchmark notes).
+    Reference: STgram-MFN (Liu et al., 2022), here with fewer channels and short crops.
     """
 
     name = "id-classifier"
-    summary = "MobileFaceNet ID classifier with ArcFace; score = NLL of the clip's own ID"
     params = {
         **LOGMEL_PARAMS,
-        **train_params(epochs=20, batch_size=32, learning_rate=1e-3),
+        **override(TRAIN_PARAMS, epochs=20, batch_size=32, learning_rate=1e-3),
         "per_id": Param(False, "must be false: the classes are the machine IDs themselves"),
         "crop_seconds": Param(2.0, "length of training and scoring crops (s)", low=0.2),
         "crops_per_clip": Param(1, "random training crops per clip and epoch", low=1),
@@ -570,12 +186,16 @@ class IdClassifierDetector(LogMelFrontend, TorchDetectorMixin, Detector):
 
     def _waveforms(self, clips: Sequence[Clip]) -> list[np.ndarray]:
         """int16 waveforms padded so that frame t's window starts at sample t * hop."""
-        channel = self.channel if self.channel == "mean" else int(self.channel)
         half = self.n_fft // 2
         out = []
         for clip in clips:
-            wave = load_audio(clip.path, self.sample_rate, channel=channel, duration=self.duration)
-            wave = np.clip(np.round(wave * _INT16_SCALE), -32768, 32767).astype(np.int16)
+            wave = load_audio(
+                clip.path,
+                self.sample_rate,
+                channel=parse_channel(self.channel),
+                duration=self.duration,
+            )
+            wave = np.clip(np.round(wave * INT16_SCALE), -32768, 32767).astype(np.int16)
             out.append(np.pad(wave, (half, half + self.hop_length)))
         return out
 
