@@ -11,7 +11,6 @@ from sklearn.svm import OneClassSVM
 
 from soundwatch.data.datasets import discover
 from soundwatch.detectors import embedding  # noqa: F401  (registration)
-from soundwatch.detectors.base import Detector
 from soundwatch.detectors.embedding import EmbeddingDetector
 from soundwatch.detectors.registry import create
 from soundwatch.detectors.scorers import (
@@ -130,7 +129,7 @@ def test_scorer_errors():
     with pytest.raises(ConfigError, match="3-d"):
         scorer.score(np.zeros((2, 4)))
     assert parse_gamma("0.5") == 0.5 and parse_gamma("scale") == "scale"
-    assert set(SCORER_NAMES) == set(SCORERS)
+    assert set(SCORER_NAMES) == set(SCORERS.names())
 
 
 def test_knn_scores_are_mean_distances_to_k_nearest():
@@ -292,19 +291,13 @@ def test_embedding_cache_hit_on_second_call(slider, tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("scorer", SCORER_NAMES)
-def test_embedding_detector_end_to_end(scorer, slider, tmp_path):
-    train, test = slider
-    detector = create("embedding", encoder="random-cnn", scorer=scorer)
-    detector.fit(train)
+def test_embedding_detector_with_every_scorer(scorer, tiny_slider):
+    train, test = tiny_slider
+    detector = create("embedding", encoder="random-cnn", scorer=scorer).fit(train)
     scores = detector.score(test)
     assert scores.shape == (len(test),) and np.isfinite(scores).all()
     assert set(detector._members) == {c.machine_id for c in train}
-
-    path = detector.save(tmp_path / "model.safetensors")
-    loaded = Detector.load(path)
-    assert type(loaded) is EmbeddingDetector and loaded.scorer == scorer
-    np.testing.assert_array_equal(loaded.score(test), scores)
-    assert loaded.thresholds_ == detector.thresholds_
+    assert {m.scorer_.name for m in detector._members.values()} == {scorer}
 
 
 def test_embedding_detector_separates_real_slider_anomalies(slider):
@@ -315,10 +308,8 @@ def test_embedding_detector_separates_real_slider_anomalies(slider):
     assert scores[anomalous].mean() > scores[~anomalous].mean()
 
 
-def test_short_named_variants_share_the_class(slider, tmp_path):
-    train, test = slider
+def test_short_named_variants_share_the_class():
     for name, scorer in [
-        ("efficientat-mahalanobis", "mahalanobis"),
         ("efficientat-knn", "knn"),
         ("efficientat-ocsvm", "ocsvm"),
         ("efficientat-gmm", "gmm"),
@@ -326,10 +317,6 @@ def test_short_named_variants_share_the_class(slider, tmp_path):
         detector = create(name)
         assert isinstance(detector, EmbeddingDetector)
         assert detector.scorer == scorer and detector.encoder == "efficientat-mn04"
-    detector = create("efficientat-knn", encoder="random-cnn", per_id=False).fit(train)
-    loaded = Detector.load(detector.save(tmp_path / "knn.safetensors"))
-    assert loaded.name == "efficientat-knn" and loaded._members is None
-    np.testing.assert_array_equal(loaded.score(test), detector.score(test))
 
 
 def test_unknown_encoder_or_scorer_is_a_config_error(slider):
@@ -360,18 +347,15 @@ def test_empty_or_anomalous_training_data_is_refused(slider):
         create("embedding", encoder="random-cnn").fit(test)
 
 
+@pytest.mark.slow
 def test_efficientat_mahalanobis_end_to_end_on_real_slider(
-    shared_dir, slider_mini, tmp_path, monkeypatch
+    efficientat_weights, slider_mini, monkeypatch
 ):
     """The offline pretrained encoder, end to end on real DCASE slider clips."""
-    monkeypatch.setenv(
-        "SOUNDWATCH_EFFICIENTAT_WEIGHTS", str(shared_dir / "models" / "efficientat-mn04-as")
-    )
+    monkeypatch.setenv("SOUNDWATCH_EFFICIENTAT_WEIGHTS", str(efficientat_weights))
     train = discover(slider_mini, "slider", "train")
     test = discover(slider_mini, "slider", "test")
     detector = create("embedding", encoder="efficientat-mn04", scorer="mahalanobis").fit(train)
     scores = detector.score(test)
     labels = np.array([c.is_anomaly for c in test])
     assert scores[labels].min() > scores[~labels].max()
-    loaded = Detector.load(detector.save(tmp_path / "m.safetensors"))
-    np.testing.assert_array_equal(loaded.score(test), scores)
