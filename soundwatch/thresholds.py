@@ -232,6 +232,8 @@ class ThresholdMethod:
         return function(scores, self.value)
 
 
+#: Fewest held-out scores for a threshold of a machine ID's own (else the pooled one).
+MIN_CLIPS_PER_ID = 8
 #: Default parameter of each method when a spec gives only the name.
 THRESHOLD_DEFAULTS: dict[str, float] = {"gamma": 0.9, "percentile": 95.0, "meanstd": 3.0}
 #: The method specs that reports compare.
@@ -332,7 +334,7 @@ def fit_threshold(scores: np.ndarray, method_spec: str | ThresholdMethod = "gamm
 def fit_thresholds(
     scores_by_id: Mapping[str, np.ndarray],
     method_spec: str | ThresholdMethod = "gamma:0.9",
-    min_clips: int = 8,
+    min_clips: int = MIN_CLIPS_PER_ID,
     pooled_key: str = "all",
 ) -> dict[str, float]:
     """Pooled and per-machine-ID thresholds of normal-clip scores.

@@ -52,6 +52,7 @@ from soundwatch.reports.data import (
 )
 from soundwatch.thresholds import (
     COMPARED_METHODS,
+    MIN_CLIPS_PER_ID,
     fit_thresholds,
     parse_threshold_method,
 )
@@ -71,8 +72,6 @@ DATA = "Data summary"
 LEADERBOARD = "Leaderboard"
 RUN_SECTIONS = (OVERVIEW, PER_ID, ROC, HISTOGRAMS, THRESHOLDS, TRAINING, EXAMPLES)
 ORACLE_LABEL = "oracle (uses test labels)"
-# Same as the detectors' MIN_CLIPS_PER_ID_THRESHOLD; read from base lazily (torch import).
-_DEFAULT_MIN_CLIPS = 8
 
 
 def default_report_path(result_dir: str | Path) -> Path:
@@ -136,14 +135,6 @@ def _by_id(run: RunData) -> dict[str, tuple[np.ndarray, np.ndarray, float | None
     return {e.machine_id: (e.is_anomaly, e.scores, e.threshold) for e in run.labelled_ids}
 
 
-def _min_clips() -> int:
-    try:
-        from soundwatch.detectors.base import MIN_CLIPS_PER_ID_THRESHOLD
-    except ImportError:  # pragma: no cover - base always imports in an install
-        return _DEFAULT_MIN_CLIPS
-    return MIN_CLIPS_PER_ID_THRESHOLD
-
-
 def _pooled(run: RunData, thresholds: Callable[[IdScores], float]) -> BinaryMetrics:
     total = BinaryMetrics(0, 0, 0, 0)
     for entry in run.labelled_ids:
@@ -183,9 +174,9 @@ def _overview(page: _Page, run: RunData, level: int, anchor: str) -> None:
     params = result.get("params") or run.model_meta.get("params") or {}
     if params:
         page.add(
-            "<details><summary>detector parameters</summary>"
-            + h.table(["parameter", "value"], sorted(params.items()))
-            + "</details>"
+            h.details(
+                "detector parameters", h.table(["parameter", "value"], sorted(params.items()))
+            )
         )
 
 
@@ -262,7 +253,7 @@ def _per_id(page: _Page, run: RunData, level: int, anchor: str) -> None:
         h.paragraph(
             "The all-IDs row has the mean AUC and pAUC over IDs, and "
             "precision to accuracy of all clips pooled. A threshold is fitted on an ID's "
-            f"own held-out normals when it has at least {_min_clips()} of them, else on "
+            f"own held-out normals when it has at least {MIN_CLIPS_PER_ID} of them, else on "
             "those of all IDs pooled.",
             "note",
         )
@@ -356,7 +347,7 @@ def _thresholds(page: _Page, run: RunData, level: int, anchor: str) -> None:
             specs.insert(0, used)
         for spec in specs:
             method = parse_threshold_method(spec)
-            fitted = fit_thresholds(calibration, method, min_clips=_min_clips())
+            fitted = fit_thresholds(calibration, method, min_clips=MIN_CLIPS_PER_ID)
             values = {e.machine_id: fitted.get(e.machine_id, fitted["all"]) for e in labelled}
             name = f"{method.spec} (used)" if method.spec == used else method.spec
             add(
@@ -456,7 +447,7 @@ def _examples(page: _Page, run: RunData, level: int, anchor: str, prefix: str, n
         css = label if label in ("normal", "anomaly") else "unknown"
         facts = [
             f"machine ID {h.escape(entry.machine_id)}",
-            f'<span class="badge {css}">{h.escape(label or "unlabelled")}</span>',
+            h.badge(label or "unlabelled", css),
             f"score {h.escape(h.fmt(score))}",
         ]
         if entry.threshold is not None:
@@ -467,11 +458,7 @@ def _examples(page: _Page, run: RunData, level: int, anchor: str, prefix: str, n
         if path is None or not path.is_file():
             body = h.paragraph("audio file not found (data folder moved?)", "note")
         else:
-            url = h.escape(page.link(path))
-            audio = (
-                f'<p class="audio"><audio controls preload="none" src="{url}"></audio> '
-                f'<a href="{url}">{h.escape(path.name)}</a></p>'
-            )
+            audio = h.audio_player(page.link(path), path.name)
             try:
                 clip = clip_from_path(path)
                 logmel = extract_logmel([clip], config)[0]
@@ -488,10 +475,7 @@ def _examples(page: _Page, run: RunData, level: int, anchor: str, prefix: str, n
                 body = h.image(png, f"{what} of {name}")
             except SoundwatchError as exc:
                 body = h.paragraph(f"could not analyse this clip: {exc}", "note")
-        cards.append(
-            f'<div class="card {css}"><h4>{h.escape(group)} #{rank}: {h.escape(name)}</h4>'
-            f"<p>{' · '.join(facts)}</p>{audio}{body}</div>"
-        )
+        cards.append(h.card(css, f"{group} #{rank}: {name}", facts, audio, body))
     if n_maps:
         text = (
             "Left: the log-mel spectrogram. Right: the detector's anomaly map, its error in "
@@ -503,8 +487,7 @@ def _examples(page: _Page, run: RunData, level: int, anchor: str, prefix: str, n
         text = f"Log-mel spectrograms; no anomaly map for this detector ({reason})."
     page.add(h.paragraph(text + " Audio links are relative paths to the data set.", "note"))
     # Without maps a figure is half as wide, so two cards fit side by side.
-    layout = "cards" if n_maps else "cards two"
-    page.add(f'<div class="{layout}">{"".join(cards)}</div>')
+    page.add(h.cards(cards, columns=1 if n_maps else 2))
 
 
 def _data_summary(page: _Page, run: RunData, level: int, anchor: str) -> None:
@@ -592,11 +575,7 @@ def _leaderboard(page: _Page, bench: BenchData) -> None:
     rows = []
     for r in bench.rows:
         name = str(r.get("detector", "?"))
-        cell = (
-            h.Raw(f'<a href="#{h.escape(h.slug("det-" + name))}">{h.escape(name)}</a>')
-            if name in reported
-            else name
-        )
+        cell = h.link("#" + h.slug("det-" + name), name) if name in reported else name
         rows.append(
             [
                 r.get("rank"),

@@ -2,7 +2,8 @@
 no scripts and no external assets, so the file opens offline and can be mailed around.
 
 Every piece of text passes through :func:`escape`; the functions return HTML strings
-that the caller joins.
+that the caller joins. Report code builds its page with these functions only, never
+with HTML of its own.
 """
 
 from __future__ import annotations
@@ -131,6 +132,44 @@ def table(
 
 class Raw(str):
     """A string of trusted HTML that :func:`table` inserts without escaping."""
+
+
+def link(href: str, text: str) -> Raw:
+    """``<a href=...>text</a>``, as a :class:`Raw` table cell."""
+    return Raw(f'<a href="{escape(href)}">{escape(text)}</a>')
+
+
+def details(summary: str, inner: str) -> str:
+    """A collapsed ``<details>`` block: escaped ``summary``, HTML ``inner`` shown on click."""
+    return f"<details><summary>{escape(summary)}</summary>{inner}</details>"
+
+
+def badge(text: str, css: str) -> str:
+    """A small coloured label, e.g. ``badge("anomaly", "anomaly")``."""
+    return f'<span class="badge {escape(css)}">{escape(text)}</span>'
+
+
+def audio_player(url: str, name: str) -> str:
+    """A paragraph with an audio player for ``url`` and a link to it named ``name``."""
+    url = escape(url)
+    return (
+        f'<p class="audio"><audio controls preload="none" src="{url}"></audio> '
+        f'<a href="{url}">{escape(name)}</a></p>'
+    )
+
+
+def card(css: str, title: str, facts: Sequence[str], *parts: str) -> str:
+    """A bordered box: escaped ``title``, HTML ``facts`` joined by dots, then ``parts``."""
+    return (
+        f'<div class="card {escape(css)}"><h4>{escape(title)}</h4>'
+        f"<p>{' · '.join(facts)}</p>{''.join(parts)}</div>"
+    )
+
+
+def cards(items: Sequence[str], columns: int = 1) -> str:
+    """:func:`card` boxes in a grid of one or two columns."""
+    layout = "cards" if columns == 1 else "cards two"
+    return f'<div class="{layout}">{"".join(items)}</div>'
 
 
 def heading(text: str, level: int = 2, anchor: str | None = None) -> str:
