@@ -232,6 +232,8 @@ class ThresholdMethod:
         return function(scores, self.value)
 
 
+#: Key of the threshold pooled over all machine IDs (and of clips without an ID).
+POOLED = "all"
 #: Fewest held-out scores for a threshold of a machine ID's own (else the pooled one).
 MIN_CLIPS_PER_ID = 8
 #: Default parameter of each method when a spec gives only the name.
@@ -335,7 +337,7 @@ def fit_thresholds(
     scores_by_id: Mapping[str, np.ndarray],
     method_spec: str | ThresholdMethod = "gamma:0.9",
     min_clips: int = MIN_CLIPS_PER_ID,
-    pooled_key: str = "all",
+    pooled_key: str = POOLED,
 ) -> dict[str, float]:
     """Pooled and per-machine-ID thresholds of normal-clip scores.
 

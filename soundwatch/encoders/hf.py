@@ -418,7 +418,7 @@ class HFEncoder(Encoder):
 
 @ENCODERS.register
 class ASTEncoder(HFEncoder):
-    """Audio Spectrogram Transformer (AudioSet fine-tuned, mAP 0.459), 16 kHz, 768-d.
+    """Audio Spectrogram Transformer (AudioSet fine-tuned), 16 kHz, 768-d.
 
     Input: Kaldi fbank (128 bins, 25 ms window, 10 ms shift) normalised as AST's feature
     extractor does, in chunks of ``max_length`` = 1024 frames (10.24 s; see

@@ -3,7 +3,7 @@
 ImageNet CNNs transfer surprisingly well to spectrograms and are a common strong
 baseline for anomalous sound detection. The network is torchvision's ResNet-50 (v1.5:
 the stride-2 of a downsampling bottleneck is on its 3x3 convolution), written here with
-torchvision's module names so ``resnet50-0676ba61.pth`` (``IMAGENET1K_V1``, 76.13 % top-1)
+torchvision's module names so ``resnet50-0676ba61.pth`` (``IMAGENET1K_V1``)
 loads with ``strict=True``: ``conv1``, ``bn1``, ``layer1..4`` of 3, 4, 6, 3 bottlenecks
 (``conv1/bn1`` 1x1, ``conv2/bn2`` 3x3, ``conv3/bn3`` 1x1 with 4x expansion, and
 ``downsample.0`` / ``downsample.1`` on the first block of each layer), ``fc``

@@ -30,7 +30,7 @@ from soundwatch.evaluation.metrics import (
     mean_scores,
 )
 from soundwatch.fileio import atomic_write_text
-from soundwatch.thresholds import decide
+from soundwatch.thresholds import POOLED, decide
 from soundwatch.validation import check_array
 
 _MEAN_KEYS = ("mean_auc", "mean_pauc", "hmean_auc", "hmean_pauc")
@@ -337,7 +337,7 @@ def write_submission(
 
     id_threshold = {}
     for mid in groups:
-        t = thresholds.get(mid, thresholds.get("all"))
+        t = thresholds.get(mid, thresholds.get(POOLED))
         if t is None:
             raise ConfigError(f"no decision threshold for machine id {mid} (nor for 'all')")
         if not np.isfinite(t):
