@@ -93,13 +93,14 @@ def _print_table(result: dict) -> None:
 
 # ------------------------------------------------------------------------- commands
 def cmd_detectors(args: argparse.Namespace) -> int:
-    from soundwatch.detectors import available
+    from soundwatch.detectors import get, summaries
 
-    detectors = available()
+    detectors = summaries()  # reads the registry table: imports no detector (nor torch)
     width = max(map(len, detectors))
-    for name, cls in detectors.items():
-        print(f"{name:<{width}}  {cls.summary}")
+    for name, summary in detectors.items():
+        print(f"{name:<{width}}  {summary}")
         if args.verbose:
+            cls = get(name)
             print(textwrap.indent(cls.describe(), "    "))
             print("    parameters:")
             for key, param in cls.param_spec().items():
