@@ -274,7 +274,7 @@ def _read_bytes(path: Path) -> str:
     return path.read_bytes().decode("utf-8")
 
 
-def test_write_anomaly_scores_and_decisions(tmp_path):
+def test_write_id_file_scores_and_decisions(tmp_path):
     out = tmp_path / "new" / "dir"
     p = write_id_file(
         out,
