@@ -238,6 +238,7 @@ def test_registered_with_metadata() -> None:
     assert weights_env_var("panns-cnn14-16k") == "SOUNDWATCH_PANNS_CNN14_16K_WEIGHTS"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", NAMES)
 def test_frame_shapes_and_batching(name: str, random_encoders: dict) -> None:
     encoder = random_encoder(random_encoders, name)
@@ -254,6 +255,7 @@ def test_frame_shapes_and_batching(name: str, random_encoders: dict) -> None:
     assert not np.allclose(frames[0], frames[1])  # different clips, different embeddings
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", NAMES)
 def test_short_clips_are_padded(name: str, random_encoders: dict) -> None:
     encoder = random_encoder(random_encoders, name)
@@ -261,6 +263,7 @@ def test_short_clips_are_padded(name: str, random_encoders: dict) -> None:
     assert frames.shape == (1, 1, encoder.embedding_dim) and np.isfinite(frames).all()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", NAMES)
 def test_state_dict_matches_published_layout(name: str, random_encoders: dict) -> None:
     state = random_encoder(random_encoders, name).network.state_dict()
@@ -270,6 +273,7 @@ def test_state_dict_matches_published_layout(name: str, random_encoders: dict) -
     assert (found[0][0], found[-1][0], len(found)) == (first, last, count)
 
 
+@pytest.mark.slow
 def test_parameter_counts_match_published_ones(random_encoders: dict) -> None:
     def n_params(name: str, skip: tuple[str, ...] = ()) -> int:
         net = random_encoder(random_encoders, name).network
@@ -283,6 +287,7 @@ def test_parameter_counts_match_published_ones(random_encoders: dict) -> None:
     assert n_params("vggish") == 72_141_184  # 4.5 M in convolutions, 67.6 M in the MLP
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", NAMES)
 def test_official_format_checkpoint_loads_strict(
     name: str, random_encoders: dict, checkpoints, isolated_cache: Path
@@ -304,6 +309,7 @@ def test_official_format_checkpoint_loads_strict(
     assert not isolated_cache.exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", NAMES)
 def test_detector_pipeline_end_to_end(
     name: str, checkpoints, slider_mini: Path, isolated_cache: Path
@@ -320,6 +326,7 @@ def test_detector_pipeline_end_to_end(
     assert detector.get_encoder() is shared_encoder(name, path)
 
 
+@pytest.mark.slow
 def test_wrong_architecture_is_a_one_line_error(tmp_path: Path, random_encoders: dict) -> None:
     state = random_encoder(random_encoders, "vggish").network.state_dict()
     state.pop("embeddings.4.bias")
@@ -367,11 +374,14 @@ def test_official_urls_and_checksums() -> None:
 # ------------------------------------------------------------------------- front ends
 
 
-def test_panns_front_end_matches_librosa() -> None:
+@pytest.mark.slow
+def test_panns_front_end_matches_librosa(random_encoders: dict) -> None:
     librosa = pytest.importorskip("librosa")
     rng = np.random.default_rng(0)
-    for sr, n_fft, hop, fmax in [(32000, 1024, 320, 14000), (16000, 512, 160, 8000)]:
-        net = panns.Cnn14(sr, n_fft, hop, 64, 50, fmax)
+    configs = {"panns-cnn14": (32000, 1024, 320, 14000), "panns-cnn14-16k": (16000, 512, 160, 8000)}
+    for name, (sr, n_fft, hop, fmax) in configs.items():
+        net = random_encoder(random_encoders, name).network
+        assert isinstance(net, panns.Cnn14)
         x = (0.1 * rng.standard_normal(sr // 4)).astype(np.float32)
         with torch.no_grad():
             ours = net.logmel(torch.from_numpy(x)[None])[0, 0].numpy()
