@@ -8,8 +8,9 @@ per epoch from the patch grid at ``train_stride``; scoring uses every patch at
 ``score_stride`` and a clip's score is the mean over its patches.
 
 The shared pieces live here once: :func:`conv_block` and :func:`up_block`,
-:class:`ConvEncoder` and :class:`ConvDecoder`, the patch sampling and batching, input
-scaling and the state helpers of :class:`ConvPatchDetector`. CPU cost is dominated by
+:class:`ConvEncoder` and :class:`ConvDecoder`, and the patch sampling of
+:class:`ConvPatchDetector`, a :class:`~soundwatch.detectors.windows.FrameStoreDetector`
+on image batches (scaling, batching and state are the base's). CPU cost is dominated by
 the full-resolution first encoder block and last decoder block, so channel counts that
 the study reports do not fix are kept small.
 """
@@ -394,8 +395,8 @@ class ConvAutoencoderDetector(ConvPatchDetector):
     Score: mean squared reconstruction error over the clip's patches at stride 16.
     Anomaly map: squared reconstruction error per pixel of patches at every start frame,
     averaged over the patches covering each time-frequency cell.
-    The channel counts and code size are not fixed by the study; they are small so the
-    default trains on the 2,370 slider dev clips in about 5-12 min on 2 CPU cores.
+    The channel counts and code size are not fixed by the study; they are kept small so
+    the default trains on a CPU.
     """
 
     name = "conv-ae"

@@ -62,8 +62,6 @@ class MlpAutoencoderDetector(FrameStoreDetector):
     positions; validation patches start every ``stride`` frames of the held-out normals.
     Score: mean reconstruction MSE over the clip's patches, which start every
     ``score_stride`` (default 4) frames.
-    CPU cost on slider dev (2,133 training clips): ~80 k patches per epoch, ~23 CPU-s per
-    epoch, so 30 epochs take ~12 min on one core.
     """
 
     name = "mlp-ae"

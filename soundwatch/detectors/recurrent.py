@@ -109,8 +109,6 @@ class LstmPredictorDetector(SequenceWindowDetector):
     positions; validation windows start every ``stride`` frames of the held-out normals.
     Score: mean prediction MSE over the clip's windows, which start every
     ``score_stride`` (default 2) frames.
-    CPU cost on slider dev (2,133 training clips): ~65 k windows per epoch, ~25 CPU-s per
-    epoch, so 30 epochs take ~13 min on one core.
     """
 
     name = "lstm-predictor"
@@ -144,8 +142,6 @@ class GruAutoencoderDetector(SequenceWindowDetector):
     positions; validation windows start every ``stride`` frames of the held-out normals.
     Score: mean reconstruction MSE over the clip's windows, which start every
     ``score_stride`` (default 2) frames.
-    CPU cost on slider dev (2,133 training clips): ~20 k windows per epoch, ~20 CPU-s per
-    epoch, so 30 epochs take ~10 min on one core.
     """
 
     name = "gru-ae"

@@ -77,9 +77,7 @@ class BetaVAEDetector(FrameStoreDetector):
     Score: mean squared error of the mean decoding (decoder applied to the posterior mean,
     no sampling) over the clip's vectors, which start every ``score_stride`` (default 1)
     frames.
-    CPU cost on slider dev (2,133 training clips): ~660 k vectors per epoch, ~17 CPU-s per
-    epoch (default) or ~42 (400-400-20 with BatchNorm), so 30 epochs take ~8 or ~21 min on
-    one core; ``stride=2`` halves that.
+    Every vector position is a training vector each epoch; ``stride=2`` halves the cost.
     The 640-400-400-20 variant of the study reports is ``hidden=400,400 latent=20``,
     with BatchNorm after every hidden layer ``hidden=400,400 latent=20 batchnorm=true``.
     """

@@ -200,6 +200,11 @@ class FrameStoreDetector(LogMelFrontend, TorchDetectorMixin, Detector):
     score_batch_size: ClassVar[int] = 1024
     standardize = True  # a detector may declare it as a parameter instead
 
+    def __init_subclass__(cls, **kwargs) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.layout not in LAYOUTS:
+            raise TypeError(f"{cls.__name__}.layout must be one of {LAYOUTS}, got {cls.layout!r}")
+
     @abstractmethod
     def _context(self) -> int:
         """Frames per window."""
