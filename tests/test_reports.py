@@ -15,7 +15,6 @@ import pytest
 from PIL import Image
 
 from soundwatch.cli.main import main
-from soundwatch.data.datasets import discover
 from soundwatch.detectors import create
 from soundwatch.detectors.windows import overlap_average
 from soundwatch.reports.build import (
@@ -102,68 +101,39 @@ def run_cli(capsys, *argv):
 
 
 # ----------------------------------------------------------------------------- fixtures
+class Runs(dict):
+    """Result folders, each made on first use (the neural ones take a while):
+    ``"maha"`` and ``"ae"`` are evaluate folders of logmel-mahalanobis and of a one-epoch
+    dcase2020-ae; ``"bench"`` holds both, the autoencoder's results reused as a resumed
+    bench does."""
+
+    def __init__(self, root: Path, data: Path) -> None:
+        super().__init__()
+        self.root, self.data = root, data
+
+    def __missing__(self, key: str) -> Path:
+        out = self.root / key
+        common = [str(self.data), "-m", "slider", "--out", str(out)]
+        if key == "maha":
+            argv = ["evaluate", *common, "-d", "logmel-mahalanobis", "--threshold", "percentile:95"]
+        elif key == "ae":
+            argv = ["evaluate", *common, "-d", "dcase2020-ae"]
+            argv += ["--param", "epochs=1", "--param", "threads=1"]
+        else:
+            shutil.copytree(self["ae"], out / "dcase2020-ae")
+            argv = ["bench", *common, "--detectors", "logmel-mahalanobis,dcase2020-ae"]
+        assert main(argv) == 0
+        self[key] = out
+        return out
+
+
 @pytest.fixture(scope="module")
-def results(tmp_path_factory, slider_mini):
-    """One evaluate folder of a neural and one of a non-neural detector, and a bench
-    folder with both (the baseline's results reused, as a resumed bench does)."""
-    root = tmp_path_factory.mktemp("results")
-    ae, maha, bench = root / "ae", root / "maha", root / "bench"
-    assert (
-        main(
-            [
-                "evaluate",
-                str(slider_mini),
-                "-m",
-                "slider",
-                "-d",
-                "dcase2020-ae",
-                "--param",
-                "epochs=1",
-                "--param",
-                "threads=1",
-                "--out",
-                str(ae),
-            ]
-        )
-        == 0
-    )
-    assert (
-        main(
-            [
-                "evaluate",
-                str(slider_mini),
-                "-m",
-                "slider",
-                "-d",
-                "logmel-mahalanobis",
-                "--threshold",
-                "percentile:95",
-                "--out",
-                str(maha),
-            ]
-        )
-        == 0
-    )
-    shutil.copytree(ae, bench / "dcase2020-ae")
-    assert (
-        main(
-            [
-                "bench",
-                str(slider_mini),
-                "-m",
-                "slider",
-                "--detectors",
-                "logmel-mahalanobis,dcase2020-ae",
-                "--out",
-                str(bench),
-            ]
-        )
-        == 0
-    )
-    return {"ae": ae, "maha": maha, "bench": bench}
+def results(tmp_path_factory, slider_mini) -> Runs:
+    return Runs(tmp_path_factory.mktemp("results"), slider_mini)
 
 
 # ----------------------------------------------------------------------------- report
+@pytest.mark.slow
 def test_report_of_a_neural_detector(capsys, results):
     code, out, err = run_cli(capsys, "report", results["ae"])
     assert code == 0, err
@@ -254,6 +224,7 @@ def test_report_of_a_non_neural_detector_and_overwrite_rules(capsys, results, tm
         assert code == 1 and fragment in err and len(err.strip().splitlines()) == 1
 
 
+@pytest.mark.slow
 def test_report_of_a_bench(capsys, results):
     code, _, err = run_cli(capsys, "report", results["bench"])
     assert code == 0, err
@@ -292,6 +263,7 @@ def test_report_without_the_audio_still_works(capsys, results, tmp_path):
 
 
 # ----------------------------------------------------------------------------- inspect
+@pytest.mark.slow
 def test_inspect_prints_score_threshold_decision_and_writes_png(
     capsys, results, slider_mini, tmp_path
 ):
@@ -344,9 +316,9 @@ def test_overlap_average_spreads_and_averages():
 
 
 @pytest.fixture(scope="module")
-def few_clips(slider_mini):
-    train = discover(slider_mini, "slider", "train")[:12]
-    return train, discover(slider_mini, "slider", "test")[0]
+def few_clips(tiny_slider):
+    train, test = tiny_slider
+    return train, test[0]
 
 
 @pytest.mark.parametrize(
