@@ -52,6 +52,7 @@ def test_rank_orders_by_auc_and_puts_failures_last():
     assert rows[0]["auc_kind_click"] == 0.8 and "auc_kind_click" not in rows[1]
 
 
+@pytest.mark.slow
 def test_bench_writes_three_leaderboard_files(capsys, slider_mini, tmp_path):
     out = tmp_path / "bench"
     code = main(
