@@ -36,9 +36,7 @@ TINY: dict[str, dict] = {
         "member_params": ";".join(f"id-classifier.{k}={v}" for k, v in ID_CLASSIFIER.items())
     },
     "encoder-mlp-decoder": {**NET, "hidden": "16"},
-    "efficientat-mlp-decoder": {**NET, "hidden": "16"},
     "encoder-unet-decoder": {**NET, "channels": "8,8,8,8,8", "crop_seconds": 1.28},
-    "efficientat-unet-decoder": {**NET, "channels": "8,8,8,8,8", "crop_seconds": 1.28},
 }
 # Detectors whose models are one per machine type by design refuse per_id=true.
 PER_ID_REFUSED = {"id-classifier", "ensemble"}
