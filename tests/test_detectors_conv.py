@@ -9,6 +9,7 @@ from soundwatch.data.datasets import discover
 from soundwatch.detectors import Detector, create
 from soundwatch.detectors.modelfile import read_model_file
 from soundwatch.detectors.neural import TorchDetectorMixin
+from soundwatch.detectors.windows import to_batch
 from soundwatch.errors import ConfigError
 from soundwatch.features.frames import FrameStore
 
@@ -160,7 +161,7 @@ def test_sample_patches_draws_distinct_windows_of_every_clip():
 def test_patches_are_mel_by_frame_images():
     spectrogram = np.arange(4 * 10, dtype=np.float32).reshape(4, 10)
     store = FrameStore([spectrogram], context=8, stride=2)
-    images = conv.to_images(store.windows(np.array([1]), flatten=False))
+    images = to_batch(store.windows(np.array([1]), flatten=False), "images")
     assert images.shape == (1, 1, 4, 8)
     assert np.array_equal(images[0, 0].numpy(), spectrogram[:, 2:10])
 

@@ -11,6 +11,8 @@ import pytest
 import soundwatch.detectors.id_classifier as idc
 from soundwatch.data.datasets import discover
 from soundwatch.detectors.base import Detector
+from soundwatch.detectors.id_crops import ClassKey
+from soundwatch.detectors.id_transforms import TRANSFORMS, apply_transform
 from soundwatch.detectors.modelfile import read_model_file
 from soundwatch.errors import ConfigError
 from soundwatch.synth import generate_dataset
@@ -88,7 +90,7 @@ def test_unknown_id_scored_by_best_fitting_class(synth_clips, score_method: str)
     train, test = synth_clips
     det = idc.IdClassifierDetector(**TINY, score_method=score_method).fit(train)
     # Default: ID x transform classes; only the two identity classes are own classes.
-    assert len(det.classes_) == 2 * len(idc.TRANSFORMS)
+    assert len(det.classes_) == 2 * len(TRANSFORMS)
     assert [det.classes_[i].machine_id for i in det._own_classes()] == ["00", "02"]
     clips = test[:3]
     as_ids = [
@@ -109,6 +111,7 @@ def test_single_id_without_fallback_is_an_error(synth_clips) -> None:
         idc.IdClassifierDetector(**TINY, fallback="off").fit(train)
 
 
+@pytest.mark.slow
 def test_single_id_real_data_uses_transform_fallback(slider_mini: Path, tmp_path: Path) -> None:
     train = discover(slider_mini, "slider", "train")
     test = discover(slider_mini, "slider", "test")
@@ -116,7 +119,7 @@ def test_single_id_real_data_uses_transform_fallback(slider_mini: Path, tmp_path
     det = idc.IdClassifierDetector(**TINY, temporal_branch=True, fallback="auto")
     _, loaded = fit_score_reload(det, train, test, tmp_path / "m.safetensors")
     assert det.transforms_ and not det.temporal_  # the branch is off in this mode
-    assert [k.transform for k in det.classes_] == list(idc.TRANSFORMS)
+    assert [k.transform for k in det.classes_] == list(TRANSFORMS)
     assert loaded.transforms_
 
 
@@ -128,11 +131,11 @@ def test_other_machine_types_become_outlier_classes(synth_clips) -> None:
     ][:4]
     det = idc.IdClassifierDetector(**TINY, fallback="auto").fit(mixed)
     assert det.transforms_
-    assert det.classes_[-1] == idc.ClassKey("fan", None)
-    assert len(det.classes_) == len(idc.TRANSFORMS) + 1
+    assert det.classes_[-1] == ClassKey("fan", None)
+    assert len(det.classes_) == len(TRANSFORMS) + 1
     fan_clip = dataclasses.replace(test[-1], machine_type="fan")
     table = det._class_table([test[0], fan_clip])
-    assert table[0, 0] == 0 and table[1, 0] == len(idc.TRANSFORMS)
+    assert table[0, 0] == 0 and table[1, 0] == len(TRANSFORMS)
     assert (table[1, 1:] == -1).all()  # outlier classes are never transformed
     assert np.isfinite(det.score([test[0], fan_clip])).all()
 
@@ -140,11 +143,11 @@ def test_other_machine_types_become_outlier_classes(synth_clips) -> None:
 def test_transforms_keep_shape_and_act_as_documented() -> None:
     rng = np.random.default_rng(0)
     source = rng.normal(size=(16, 40)).astype(np.float32)
-    for name in idc.TRANSFORMS:
-        out = idc.apply_transform(source, 5, 10, name, np.random.default_rng(1))
+    for name in TRANSFORMS:
+        out = apply_transform(source, 5, 10, name, np.random.default_rng(1))
         assert out.shape == (16, 10) and out.dtype == np.float32
     crop = source[:, 5:15]
-    np.testing.assert_array_equal(idc.apply_transform(source, 5, 10, "identity", rng), crop)
-    np.testing.assert_array_equal(idc.apply_transform(source, 5, 10, "reverse", rng), crop[:, ::-1])
-    tilted = idc.apply_transform(source, 5, 10, "tilt", rng) - crop
+    np.testing.assert_array_equal(apply_transform(source, 5, 10, "identity", rng), crop)
+    np.testing.assert_array_equal(apply_transform(source, 5, 10, "reverse", rng), crop[:, ::-1])
+    tilted = apply_transform(source, 5, 10, "tilt", rng) - crop
     assert np.allclose(tilted, tilted[:, :1]) and abs(tilted[-1, 0] - tilted[0, 0]) >= 6 - 1e-4
