@@ -9,6 +9,10 @@ log-probability of the clip's own ID, or a distance in the learned embedding spa
 When there is only one ID to learn (a single machine), the network instead learns to
 recognise which of a few transformations was applied to a log-mel crop (self-supervised
 pseudo-classes), optionally against clips of other machine types as outlier classes.
+
+This module holds the detector; the network is in :mod:`soundwatch.detectors.id_network`,
+the classes and training crops in :mod:`soundwatch.detectors.id_crops`, and the
+fallback's transformations in :mod:`soundwatch.detectors.id_transforms`.
 """
 
 from __future__ import annotations
@@ -50,10 +54,6 @@ def _type_order(machine_type: str | None) -> str:
 @register
 class IdClassifierDetector(LogMelFrontend, TorchDetectorMixin, Detector):
     """Machine-ID classifier (STgram-MFN style); score = how poorly a clip fits its own ID.
-
-    The network is :class:`~soundwatch.detectors.id_network.IdClassifierNet`, the
-    training crops come from :class:`~soundwatch.detectors.id_crops.CropBank`, and the
-    fallback's transformations are in :mod:`soundwatch.detectors.id_transforms`.
 
     Input: random crops of ``crop_seconds`` (default 2 s = 63 frames) of the log-mel
     spectrogram (n_fft 1024, hop 512, 128 mels), each band standardised on the training

@@ -71,8 +71,7 @@ BUILTIN: dict[str, tuple[str, str]] = {
     ),
     "id-classifier": (
         f"{_PACKAGE}.id_classifier",
-        "MobileFaceNet machine-ID classifier; score = Mahalanobis distance of the clip "
-        "embedding to its own ID's training embeddings",
+        "MobileFaceNet machine-ID classifier; score = Mahalanobis distance to its own ID",
     ),
     "logmel-mahalanobis": (
         f"{_PACKAGE}.mahalanobis",
