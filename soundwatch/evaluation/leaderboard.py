@@ -14,7 +14,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from soundwatch.detectors.registry import available, get
+from soundwatch.detectors.registry import get, names
 from soundwatch.errors import ConfigError
 from soundwatch.evaluation.protocol import RESULT_FILE
 from soundwatch.fileio import atomic_write_text
@@ -32,11 +32,11 @@ COLUMNS = [
 ]
 
 
-def resolve_detectors(names: str) -> list[str]:
+def resolve_detectors(spec: str) -> list[str]:
     """Comma-separated detector names, or ``all`` for every registered detector."""
-    if names.strip() == "all":
-        return list(available())
-    chosen = [n.strip() for n in names.split(",") if n.strip()]
+    if spec.strip() == "all":
+        return names()  # imports no detector module
+    chosen = [n.strip() for n in spec.split(",") if n.strip()]
     if not chosen:
         raise ConfigError("--detectors is empty")
     for name in chosen:
