@@ -10,9 +10,8 @@ import pytest
 import soundfile as sf
 
 from soundwatch.data.datasets import discover
-from soundwatch.data.manifest import manifest_kinds
+from soundwatch.data.manifest import anomaly_kinds, manifest_kinds
 from soundwatch.errors import ConfigError, DatasetError
-from soundwatch.evaluation.protocol import anomaly_kinds
 from soundwatch.synth import (
     ANOMALY_KINDS,
     MACHINES,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import os
 import resource
 import sys
@@ -12,7 +11,7 @@ from pathlib import Path
 
 from soundwatch.data.clips import ANOMALY, Clip
 from soundwatch.data.datasets import discover
-from soundwatch.data.manifest import manifest_kinds
+from soundwatch.data.manifest import anomaly_kinds
 from soundwatch.detectors.base import Detector
 from soundwatch.detectors.modelfile import MODEL_SUFFIX
 from soundwatch.errors import DatasetError
@@ -21,8 +20,6 @@ from soundwatch.evaluation.submission import write_submission
 
 RESULT_FILE = "result.json"
 MODEL_FILE = "model" + MODEL_SUFFIX
-
-logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -68,25 +65,6 @@ def training_clips(root: Path, machine_type: str | None) -> list[Clip]:
             f"e.g. {anomalous[0].path.name}; train on normal clips only"
         )
     return train
-
-
-def anomaly_kinds(clips: list[Clip]) -> list[str | None]:
-    """Anomaly kind of each clip from its synthetic data set's manifest, None where
-    unknown (normal clips, real data). An unreadable manifest only costs the per-kind
-    results, with a warning: it must not fail an evaluation after the training."""
-    manifests: dict[Path, dict[str, str]] = {}
-    kinds = []
-    for clip in clips:
-        path = Path(clip.path)
-        machine_dir = path.parent.parent
-        if machine_dir not in manifests:
-            try:
-                manifests[machine_dir] = manifest_kinds(machine_dir)
-            except DatasetError as exc:
-                logger.warning("%s; no results per anomaly kind", exc)
-                manifests[machine_dir] = {}
-        kinds.append(manifests[machine_dir].get(f"{path.parent.name}/{path.name}"))
-    return kinds
 
 
 def _relative(path: Path, root: Path) -> str:
