@@ -232,9 +232,11 @@ class ThresholdMethod:
         return function(scores, self.value)
 
 
-#: Key of the threshold pooled over all machine IDs (and of clips without an ID).
+#: Key of the threshold and calibration scores pooled over every machine ID; clips
+#: without an ID are calibrated and judged with the pooled threshold.
 POOLED = "all"
-#: Fewest held-out scores for a threshold of a machine ID's own (else the pooled one).
+#: Fewest held-out scores for a threshold of a machine ID's own (else the pooled one):
+#: a distribution fitted to a handful of scores is unreliable.
 MIN_CLIPS_PER_ID = 8
 #: Default parameter of each method when a spec gives only the name.
 THRESHOLD_DEFAULTS: dict[str, float] = {"gamma": 0.9, "percentile": 95.0, "meanstd": 3.0}

@@ -24,18 +24,15 @@ from soundwatch.detectors.modelfile import read_model_file, write_model_file
 from soundwatch.detectors.params import Param
 from soundwatch.errors import ConfigError, ModelFileError, SoundwatchError
 from soundwatch.thresholds import (
+    MIN_CLIPS_PER_ID,
+    POOLED,
     ThresholdMethod,
     fit_thresholds,
     parse_threshold_method,
 )
 
-# Thresholds per machine ID need enough calibration clips to fit a gamma distribution.
-MIN_CLIPS_PER_ID_THRESHOLD = 8
 #: Key of clips without a machine ID wherever clips are grouped by ID (splits, models).
 NO_ID = ""
-#: Key of the threshold and calibration scores pooled over every machine ID; clips
-#: without an ID are calibrated and judged with the pooled threshold.
-POOLED = "all"
 
 COMMON_PARAMS: dict[str, Param] = {
     "seed": Param(0, "random seed for splits, initialisation and shuffling"),
@@ -311,7 +308,7 @@ class Detector(ABC):
         return fit_thresholds(
             self.calibration_scores_,
             self.threshold_method,
-            min_clips=MIN_CLIPS_PER_ID_THRESHOLD,
+            min_clips=MIN_CLIPS_PER_ID,
             pooled_key=POOLED,
         )
 
@@ -422,7 +419,7 @@ class Detector(ABC):
         meta["values"] = self.thresholds_
         meta["calibration"] = {
             "source": self.calibration_source_,
-            "min_clips_per_id": MIN_CLIPS_PER_ID_THRESHOLD,
+            "min_clips_per_id": MIN_CLIPS_PER_ID,
             "scores": {k: v.tolist() for k, v in self.calibration_scores_.items()},
         }
         return meta
