@@ -42,28 +42,30 @@ TINY: dict[str, dict] = {
 PER_ID_REFUSED = {"id-classifier", "ensemble"}
 
 
-def tiny(name: str) -> dict:
-    return TINY.get(name, {})
+@pytest.fixture(scope="module")
+def make(request: pytest.FixtureRequest):
+    """``make(name, **params)``: a detector with its tiny parameters. Detectors over a
+    pretrained encoder get the shared EfficientAT weights (and need ../shared)."""
+    patch = pytest.MonkeyPatch()
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _efficientat_weights(request: pytest.FixtureRequest) -> None:
-    """Detectors over a pretrained encoder read the shared EfficientAT weights."""
-    with pytest.MonkeyPatch.context() as patch:
-        if any("encoder" in available()[name].params for name in NAMES):
+    def make(name: str, **params) -> Detector:
+        if "encoder" in available()[name].param_spec():
             folder = request.getfixturevalue("efficientat_weights")
             patch.setenv("SOUNDWATCH_EFFICIENTAT_WEIGHTS", str(folder))
-        yield
+        return create(name, **TINY.get(name, {}), **params)
+
+    yield make
+    patch.undo()
 
 
 @pytest.fixture(scope="module")
-def fitted(tiny_slider) -> dict[str, Detector]:
-    """Fitted detectors by name, each fitted once for the whole module."""
+def fitted(make, tiny_slider):
+    """``fitted(name)``: the detector fitted on the tiny training set, once per module."""
     cache: dict[str, Detector] = {}
 
     def get(name: str) -> Detector:
         if name not in cache:
-            cache[name] = create(name, **tiny(name)).fit(tiny_slider[0])
+            cache[name] = make(name).fit(tiny_slider[0])
         return cache[name]
 
     return get
@@ -96,9 +98,9 @@ def test_bad_parameters_are_refused(name):
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_unfitted_or_anomalous_training_is_refused(name, tiny_slider):
+def test_unfitted_or_anomalous_training_is_refused(name, make, tiny_slider):
     _, test = tiny_slider
-    detector = create(name, **tiny(name))
+    detector = make(name)
     with pytest.raises(ConfigError, match="not fitted"):
         detector.score(test)
     with pytest.raises(ConfigError, match="must be normal"):
@@ -119,9 +121,9 @@ def test_fit_gives_finite_scores_and_thresholds(name, fitted, tiny_slider):
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_same_seed_gives_same_scores(name, fitted, tiny_slider):
+def test_same_seed_gives_same_scores(name, make, fitted, tiny_slider):
     train, test = tiny_slider
-    again = create(name, **tiny(name)).fit(train)
+    again = make(name).fit(train)
     np.testing.assert_array_equal(again.score(test), fitted(name).score(test))
 
 
@@ -140,13 +142,13 @@ def test_save_load_round_trip(name, fitted, tiny_slider, tmp_path: Path):
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_per_id(name, tiny_slider, tmp_path: Path):
+def test_per_id(name, make, tiny_slider, tmp_path: Path):
     train, test = tiny_slider
     if name in PER_ID_REFUSED:
         with pytest.raises(ConfigError, match="per_id"):
-            create(name, **tiny(name), per_id=True)
+            make(name, per_id=True)
         return
-    detector = create(name, **tiny(name), per_id=True).fit(train)
+    detector = make(name, per_id=True).fit(train)
     assert sorted(detector._members) == sorted({c.machine_id for c in train})
     scores = detector.score(test)
     assert scores.shape == (len(test),) and np.isfinite(scores).all()
