@@ -56,7 +56,6 @@ def test_pauc_by_hand_flat_segment():
     s = np.array([0.1, 0.4, 0.6, 0.5, 0.7, 0.8])
     _, pauc = auc_pauc(y, s, max_fpr=0.1)
     assert pauc == pytest.approx(0.5 * (1 + (1 / 15 - 0.005) / 0.095), abs=1e-12)
-    assert pauc == pytest.approx(0.8245614035, abs=1e-9)
 
 
 def test_auc_pauc_by_hand_with_tie_and_interpolation():
@@ -75,7 +74,6 @@ def test_auc_pauc_by_hand_with_tie_and_interpolation():
     auc, pauc = auc_pauc(y, s)
     assert auc == pytest.approx(0.85, abs=1e-12)
     assert pauc == pytest.approx(0.5 * (1 + 0.0075 / 0.095), abs=1e-12)
-    assert pauc == pytest.approx(0.5394736842, abs=1e-9)
 
 
 def test_auc_pauc_perfect_and_reversed():
