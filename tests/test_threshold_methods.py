@@ -1,6 +1,7 @@
 """Threshold methods (gamma, percentile, mean + k std), the dispatcher, the detector
 parameter, the stored held-out scores, and ``--threshold`` on the command line."""
 
+import copy
 import csv
 import json
 
@@ -137,6 +138,12 @@ def slider_train(slider_mini):
     return discover(slider_mini, "slider", "train")
 
 
+@pytest.fixture(scope="module")
+def default_model(slider_train):
+    """logmel-mahalanobis with the default threshold, fitted once for the module."""
+    return create("logmel-mahalanobis").fit(slider_train)
+
+
 def test_detector_threshold_param_and_stored_scores(slider_train, tmp_path):
     train = slider_train
     detector = create("logmel-mahalanobis", threshold="percentile:80").fit(train)
@@ -164,9 +171,8 @@ def test_detector_threshold_param_and_stored_scores(slider_train, tmp_path):
     assert loaded.threshold_method.spec == "percentile:80"  # unchanged by the failure
 
 
-def test_default_threshold_is_backwards_compatible(slider_train):
-    train = slider_train
-    default = create("logmel-mahalanobis").fit(train)
+def test_default_threshold_is_backwards_compatible(default_model):
+    default = default_model
     assert default.threshold_method.spec == "gamma:0.9"
     held = default.calibration_scores_["00"]
     assert default.thresholds_["00"] == gamma_threshold(held, 0.9)
@@ -178,8 +184,8 @@ def test_default_threshold_is_backwards_compatible(slider_train):
         create("logmel-mahalanobis", threshold="gamma:2")
 
 
-def test_model_without_stored_scores_cannot_refit(slider_train):
-    detector = create("logmel-mahalanobis").fit(slider_train)
+def test_model_without_stored_scores_cannot_refit(default_model):
+    detector = copy.deepcopy(default_model)
     detector.calibration_scores_ = {}  # as loaded from an older model file
     with pytest.raises(ConfigError, match="retrain"):
         detector.refit_threshold("percentile:95")
