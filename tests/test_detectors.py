@@ -31,7 +31,7 @@ def test_registry_lists_builtin_detectors():
     for name, cls in detectors.items():
         assert cls.name == name
         assert cls.summary and "\n" not in cls.summary
-        assert cls.describe()
+        assert cls.__doc__ and cls.describe() == cls.__doc__.strip(), f"{name}: no docstring"
 
 
 def test_unknown_detector_and_parameters_are_clear_errors():
