@@ -7,14 +7,13 @@ from typing import Any
 import numpy as np
 
 from soundwatch.data.clips import Clip
-from soundwatch.detectors.base import POOLED, Detector, holdout_split
+from soundwatch.detectors.base import Detector, holdout_split
 from soundwatch.detectors.params import Param
 from soundwatch.detectors.registry import get, register
 from soundwatch.errors import ConfigError, ModelFileError, SoundwatchError
+from soundwatch.thresholds import MIN_CLIPS_PER_ID, POOLED
 
 NORMALIZATIONS = ("zscore", "rank")
-#: Fewest held-out normals of a machine ID for statistics of its own (else pooled ones).
-MIN_CLIPS_PER_ID = 8
 # Member parameters the ensemble sets itself: a member must split the training clips
 # exactly as the ensemble does, or its training clips would leak into the held-out
 # normals that calibrate the fusion.
@@ -159,6 +158,8 @@ class EnsembleDetector(Detector):
         refs = {POOLED: np.sort(scores)}
         for machine_id in sorted(set(ids) - {""}):
             mask = np.array([i == machine_id for i in ids])
+            # As for thresholds: an ID needs this many held-out normals for statistics
+            # of its own, else it takes the pooled ones.
             if mask.sum() >= MIN_CLIPS_PER_ID:
                 refs[machine_id] = np.sort(scores[mask])
         return refs
