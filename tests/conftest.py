@@ -51,10 +51,9 @@ def efficientat_weights(shared_dir: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
-def tiny_slider(tmp_path_factory: pytest.TempPathFactory) -> tuple[list, list]:
-    """A tiny synthetic slider set as (train, test) clips: two machine IDs, eight 3 s
+def tiny_slider_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Root of a tiny synthetic slider set (DCASE 2020 layout): two machine IDs, eight 3 s
     training clips and one normal and one anomalous test clip per ID."""
-    from soundwatch.data.datasets import discover
     from soundwatch.synth import generate_dataset
 
     root = tmp_path_factory.mktemp("tiny-slider")
@@ -68,4 +67,15 @@ def tiny_slider(tmp_path_factory: pytest.TempPathFactory) -> tuple[list, list]:
         duration=3.0,
         progress=False,
     )
-    return discover(root, "slider", "train"), discover(root, "slider", "test")
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_slider(tiny_slider_root: Path) -> tuple[list, list]:
+    """The tiny synthetic slider set as (train, test) clips."""
+    from soundwatch.data.datasets import discover
+
+    return (
+        discover(tiny_slider_root, "slider", "train"),
+        discover(tiny_slider_root, "slider", "test"),
+    )

@@ -53,12 +53,12 @@ def test_rank_orders_by_auc_and_puts_failures_last():
 
 
 @pytest.mark.slow
-def test_bench_writes_three_leaderboard_files(capsys, slider_mini, tmp_path):
+def test_bench_writes_three_leaderboard_files(capsys, tiny_slider_root, tmp_path):
     out = tmp_path / "bench"
     code = main(
         [
             "bench",
-            str(slider_mini),
+            str(tiny_slider_root),
             "--machine",
             "slider",
             "--detectors",
@@ -88,7 +88,7 @@ def test_bench_writes_three_leaderboard_files(capsys, slider_mini, tmp_path):
         main(
             [
                 "bench",
-                str(slider_mini),
+                str(tiny_slider_root),
                 "--machine",
                 "slider",
                 "--detectors",
