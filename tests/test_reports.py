@@ -211,7 +211,9 @@ def test_report_of_a_non_neural_detector_and_overwrite_rules(capsys, results, tm
     assert out_file.read_bytes() == before
     keep = tmp_path / "pages" / "maha_figures" / "notes.txt"
     keep.write_text("mine")
-    code, _, err = run_cli(capsys, "report", results["maha"], "--out", out_file, "--overwrite")
+    code, _, err = run_cli(
+        capsys, "report", results["maha"], "--out", out_file, "--overwrite", "--examples", "1"
+    )
     assert code == 0, err
     assert keep.read_text() == "mine"
 
