@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import soundfile
 
 from soundwatch.detectors import Detector, available, create
 from soundwatch.errors import ConfigError
@@ -163,8 +164,6 @@ def test_anomaly_map_is_mel_by_frame_or_none(name, fitted, tiny_slider):
     amap = detector.anomaly_map(test[0])
     if amap is None:
         return
-    import soundfile
-
     n_samples = soundfile.info(str(test[0].path)).frames
     assert amap.shape == (detector.n_mels, 1 + n_samples // detector.hop_length)
     assert np.isfinite(amap).any()
