@@ -60,7 +60,7 @@ def test_detectors_listing(capsys):
     assert "640-128-128-128-128-8-128-128-128-128-640" in out and "epochs = 100" in out
 
 
-def test_evaluate_baseline_on_real_slider_mini(capsys, slider_mini, tmp_path):
+def test_evaluate_on_real_slider_mini(capsys, slider_mini, tmp_path):
     out_dir = tmp_path / "eval"
     code, out, err = run(
         capsys,
