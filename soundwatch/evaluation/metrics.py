@@ -297,3 +297,61 @@ def evaluate_by_kind(
             "n_anomaly": len(anomalous),
         }
     return out
+
+
+def _decision_counts(is_anomaly: np.ndarray, flagged: np.ndarray) -> dict:
+    tp = int(np.sum(flagged & is_anomaly))
+    fp = int(np.sum(flagged & ~is_anomaly))
+    fn = int(np.sum(~flagged & is_anomaly))
+    tn = int(np.sum(~flagged & ~is_anomaly))
+    return {
+        # None where undefined (nothing flagged, no anomalies, no normals): JSON null.
+        "precision": tp / (tp + fp) if tp + fp else None,
+        "recall": tp / (tp + fn) if tp + fn else None,
+        "fpr": fp / (fp + tn) if fp + tn else None,
+        "tp": tp,
+        "fp": fp,
+        "tn": tn,
+        "fn": fn,
+    }
+
+
+def decision_metrics(
+    clips: Sequence[Clip], scores: np.ndarray, thresholds: dict[str, float]
+) -> dict:
+    """Precision, recall and false-positive rate of the 0/1 decisions at the thresholds.
+
+    AUC and pAUC rank scores; these say whether the decisions a user acts on are right.
+    A clip's threshold is its machine ID's (as :func:`machine_ids` assigns it), else the
+    pooled ``thresholds["all"]``, as in the ``decision_result_*.csv`` files.
+
+    Parameters
+    ----------
+    clips : sequence of Clip of length n_clips
+        Unlabelled clips are ignored.
+    scores : array-like of shape (n_clips,)
+    thresholds : dict of str to float
+        Per machine ID and/or ``"all"``.
+
+    Returns
+    -------
+    dict
+        ``{"overall": {...}, "per_id": {id: {...}}}``, each with ``precision``,
+        ``recall``, ``fpr`` (float or None where undefined) and the counts ``tp``,
+        ``fp``, ``tn``, ``fn``.
+    """
+    s = _as_scores(scores, len(clips))
+    ids = machine_ids(clips)
+    limits = np.array([thresholds.get(mid, thresholds.get("all", np.inf)) for mid in ids])
+    labelled = np.array([c.label is not None for c in clips], dtype=bool)
+    is_anomaly = np.array([bool(c.is_anomaly) for c in clips], dtype=bool)
+    flagged = s > limits
+    per_id = {}
+    for mid in sorted(set(ids)):
+        idx = np.array([i for i, m in enumerate(ids) if m == mid and labelled[i]], dtype=int)
+        if idx.size:
+            per_id[mid] = _decision_counts(is_anomaly[idx], flagged[idx])
+    return {
+        "overall": _decision_counts(is_anomaly[labelled], flagged[labelled]),
+        "per_id": per_id,
+    }
