@@ -112,7 +112,9 @@ def test_train_then_score(capsys, slider_mini, tmp_path):
     assert min(anomaly) > max(normal)
 
     code, out, _ = run(capsys, "score", model, test_dir / "normal_id_00_00000013.wav")
-    assert code == 0 and out.startswith("path,machine_id,score,threshold,threshold_source,decision\n")
+    assert code == 0 and out.startswith(
+        "path,machine_id,score,threshold,threshold_source,decision\n"
+    )
 
     code, _, err = run(capsys, "score", model, test_dir, "-o", scores)
     assert_one_line_error(code, err, "already exists")

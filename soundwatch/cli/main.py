@@ -23,6 +23,8 @@ DEFAULT_DETECTOR = "logmel-mahalanobis"
 EXIT_ERROR = 1
 # `score --skip-bad` when some files were skipped: the CSV holds only the others.
 EXIT_SKIPPED = 2
+# From this many clips, scoring takes seconds and `score` says what it is doing.
+SCORE_STEP_MIN_CLIPS = 20
 # Commands that train or score with torch (for the busy-cores hint).
 TORCH_COMMANDS = {"train", "score", "evaluate", "bench", "demo", "inspect"}
 
@@ -345,6 +347,8 @@ def cmd_score(args: argparse.Namespace) -> int:
     runtime = ScoringRuntime(strict=args.strict, skip_bad=args.skip_bad, threshold=args.threshold)
     runtime.load({"model": args.model})
     clips = collect_audio(args.paths)
+    if len(clips) >= SCORE_STEP_MIN_CLIPS:
+        _step(f"scoring {len(clips)} clips")
     results = runtime.score(clips)
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
