@@ -18,8 +18,11 @@ import numpy as np
 from soundwatch.data.clips import Clip
 from soundwatch.errors import ConfigError
 
-#: A synthetic (or user) session tag in a file name, e.g. ``normal_id_00_00000003_session02``.
-SESSION_PATTERN = re.compile(r"(?:^|[_\-.])(session\d+)(?=[_\-.]|$)", re.IGNORECASE)
+#: A recording tag in a file name: a session, optionally with its take (recording), e.g.
+#: ``normal_id_00_00000003_session02_take1`` (``soundwatch synth --sessions``).
+SESSION_PATTERN = re.compile(
+    r"(?:^|[_\-.])(session\d+(?:[_\-]take\d+)?)(?=[_\-.]|$)", re.IGNORECASE
+)
 GROUP_BY_CHOICES = ("auto", "session", "folder", "none")
 
 
@@ -35,7 +38,7 @@ def recording_groups(clips: Sequence[Clip], group_by: str = "auto") -> tuple[lis
     ----------
     clips : sequence of Clip, length n_clips
     group_by : str
-        ``auto`` (a ``sessionNN`` tag in every file name, else the parent folder when the
+        ``auto`` (a ``sessionNN[_takeT]`` tag in every file name, else the parent folder when the
         clips lie in several folders, else none), ``session``, ``folder``, ``none`` (every
         clip its own group) or a regular expression searched in each file name whose
         first group (or whole match) names the group.

@@ -37,6 +37,7 @@ class LogMelMahalanobis(LogMelFrontend, Detector):
 
     name = "logmel-mahalanobis"
     summary = "fast default: Ledoit-Wolf Mahalanobis distance of clip log-mel statistics"
+    cross_fit_calibration = True
     params = {
         **LOGMEL_PARAMS,
         "per_id": Param(True, "fit one Gaussian per machine ID instead of one per type"),
