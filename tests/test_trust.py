@@ -299,3 +299,40 @@ def test_packaging_leaves_the_users_torch_and_ignores_outputs():
     ignored = (REPO / ".gitignore").read_text().split()
     assert {"soundwatch-demo*/", "soundwatch-results/", "soundwatch-bench/"} <= set(ignored)
     assert "torch==2.13.0" in (REPO / ".ci" / "run").read_text()
+
+
+# ------------------------------------------------------------------ the scoring runtime
+def test_scoring_runtime_results_and_reload(model, test_dir, tmp_path):
+    from soundwatch.errors import ModelFileError
+    from soundwatch.runtime import InputMismatchError, ScoringRuntime
+
+    runtime = ScoringRuntime().load({"slider": model})
+    results = runtime.score(test_dir, "slider")
+    assert len(results) == 6
+    detector = runtime.detector("slider")
+    for result in results:
+        assert result.error is None and result.warnings == []
+        assert result.threshold == detector.threshold_for(result.machine_id)
+        assert result.decision == int(result.score > result.threshold)
+        assert len(result.model_digest) == 16 and result.threshold_source
+    assert [r.score for r in results] == pytest.approx(list(detector.score(test_dir)))
+    assert runtime.record(results) is None  # no store yet: a documented no-op
+
+    # A model that fails to load keeps the one loaded before.
+    broken = tmp_path / "broken.safetensors"
+    broken.write_bytes(b"not a model")
+    with pytest.raises(ModelFileError):
+        runtime.load({"slider": broken})
+    assert runtime.detector("slider") is detector
+
+    bad = tmp_path / "bad.wav"
+    bad.write_bytes(b"RIFF")
+    skipping = ScoringRuntime(skip_bad=True).load({"slider": model})
+    results = skipping.score([bad, *sorted(test_dir.glob("*.wav"))[:1]])
+    assert results[0].error and "bad.wav" in results[0].error and results[0].score is None
+    assert results[1].error is None and results[1].score is not None
+
+    y = load_audio(next(test_dir.glob("*.wav")), 8000)
+    low = write_audio(tmp_path / "low.wav", y, 8000)
+    with pytest.raises(InputMismatchError, match=r"low\.wav: sample rate 8000 Hz"):
+        ScoringRuntime(strict=True).load({"slider": model}).check(low, "slider")
