@@ -266,6 +266,7 @@ SYNTH_OPTIONS = {
     "severity": "--severity",
     "workers": "--workers",
     "seed": "--seed",
+    "sessions": "--sessions",
 }
 
 
@@ -277,7 +278,7 @@ def cmd_synth(args: argparse.Namespace) -> int:
     except ConfigError as exc:  # speak in options, not in Python argument names
         message = str(exc).replace(" (overwrite=True)", "")
         for name, option in SYNTH_OPTIONS.items():
-            message = re.sub(rf"\b{name}\b", option, message)
+            message = re.sub(rf"\b{name}(?= must )", option, message)
         raise ConfigError(message) from None
     print(
         f"wrote {summary.get('n_clips', '?')} clips of {args.machine} to "
