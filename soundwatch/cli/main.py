@@ -75,7 +75,8 @@ def _add_calibration_options(parser: argparse.ArgumentParser) -> None:
         metavar="HOW",
         help="recording groups that cross-fitted calibration keeps within one fold: "
         "auto (default: a sessionNN tag in the file names, else folders), session, "
-        "folder, none, or a regular expression whose first group names the group; "
+        "folder, clip (each clip its own group), or a regular expression whose first "
+        "group names the group; "
         "same as --param group_by=HOW",
     )
 

@@ -62,8 +62,8 @@ COMMON_PARAMS: dict[str, Param] = {
     "group_by": Param(
         "auto",
         "recording groups kept within one cross-fit fold: auto (a sessionNN tag in the "
-        "file names, else folders), session, folder, none, or a regular expression whose "
-        "first group names the group in a file name",
+        "file names, else folders), session, folder, clip (each clip its own group), or a "
+        "regular expression whose first group names the group in a file name",
     ),
 }
 
@@ -110,30 +110,26 @@ def calibration_description(
     group_by: str | None = None,
     n_groups: int | None = None,
 ) -> str:
-    """One line saying what the threshold was fitted on."""
+    """What the threshold was fitted on, to follow "threshold fitted on"."""
     if source == "cross-fit":
-        groups = (
-            "folds split by clip"
-            if group_by == "none"
-            else f"folds split by {group_by} ({n_groups} groups)"
-        )
+        split = "split by clip" if group_by == "clip" else f"split by {group_by}, {n_groups} groups"
         return (
-            f"cross-fitted: out-of-fold scores of all {n_clips} training normals "
-            f"({folds} {groups}); the model itself is fitted on all of them"
+            f"cross-fitted out-of-fold scores of all {n_clips} training normals ({folds} "
+            f"folds {split}); the model itself is fitted on all of them"
         )
     if source == "held-out":
         return (
-            f"held-out split: scores of {n_clips} training normals held out at random, "
-            "from the same recordings as the rest (not cross-fitted: costly to refit, or "
+            f"scores of {n_clips} training normals held out at random, from the same "
+            "recordings as the rest (not cross-fitted: costly to refit, or "
             "calibration=held-out); --calibrate-on DIR fits it on separate recordings"
         )
     if source == "training":
         return (
-            f"training scores: validation_fraction=0, so the threshold was fitted on the "
-            f"scores of the {n_clips} clips the model was trained on, which are lower than "
-            "those of new recordings; expect many false alarms"
+            f"training scores (validation_fraction=0): the scores of the {n_clips} clips "
+            "the model was trained on, which are lower than those of new recordings; "
+            "expect many false alarms"
         )
-    return f"{source}: scores of {n_clips} separately recorded normal clips"
+    return f"scores of {n_clips} separately recorded normal clips ({source})"
 
 
 class Detector(ABC):
@@ -266,6 +262,8 @@ class Detector(ABC):
         cross_fit = calibration_clips is None and self.uses_cross_fit
         if cross_fit:
             out_of_fold = self._cross_fit_scores(clips)
+            train, valid = clips, []
+        elif self.uses_cross_fit:  # calibration clips: nothing to hold out
             train, valid = clips, []
         else:
             train, valid = holdout_split(clips, self.validation_fraction, self.seed)

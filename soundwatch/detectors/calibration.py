@@ -23,7 +23,7 @@ from soundwatch.errors import ConfigError
 SESSION_PATTERN = re.compile(
     r"(?:^|[_\-.])(session\d+(?:[_\-]take\d+)?)(?=[_\-.]|$)", re.IGNORECASE
 )
-GROUP_BY_CHOICES = ("auto", "session", "folder", "none")
+GROUP_BY_CHOICES = ("auto", "session", "folder", "clip")
 
 
 def _session(clip: Clip) -> str | None:
@@ -39,7 +39,7 @@ def recording_groups(clips: Sequence[Clip], group_by: str = "auto") -> tuple[lis
     clips : sequence of Clip, length n_clips
     group_by : str
         ``auto`` (a ``sessionNN[_takeT]`` tag in every file name, else the parent folder when the
-        clips lie in several folders, else none), ``session``, ``folder``, ``none`` (every
+        clips lie in several folders, else clip), ``session``, ``folder``, ``clip`` (every
         clip its own group) or a regular expression searched in each file name whose
         first group (or whole match) names the group.
 
@@ -47,7 +47,7 @@ def recording_groups(clips: Sequence[Clip], group_by: str = "auto") -> tuple[lis
     -------
     groups : list of str, length n_clips
     how : str
-        ``"session"``, ``"folder"``, ``"none"`` or ``"regex REGEX"``.
+        ``"session"``, ``"folder"``, ``"clip"`` or ``"regex REGEX"``.
 
     Raises
     ------
@@ -63,9 +63,9 @@ def recording_groups(clips: Sequence[Clip], group_by: str = "auto") -> tuple[lis
         if clips and all(sessions) and len(set(sessions)) > 1:
             return [str(s) for s in sessions], "session"
         folders = {str(Path(c.path).parent) for c in clips}
-        return recording_groups(clips, "folder" if len(folders) > 1 else "none")
-    if mode == "none":
-        return [str(c.path) for c in clips], "none"
+        return recording_groups(clips, "folder" if len(folders) > 1 else "clip")
+    if mode == "clip":
+        return [str(c.path) for c in clips], "clip"
     if mode == "folder":
         return [str(Path(c.path).parent) for c in clips], "folder"
     if mode == "session":
@@ -75,7 +75,7 @@ def recording_groups(clips: Sequence[Clip], group_by: str = "auto") -> tuple[lis
             pattern = re.compile(mode)
         except re.error as exc:
             raise ConfigError(
-                f"--group-by {mode!r} is not auto, session, folder, none or a valid regular "
+                f"--group-by {mode!r} is not auto, session, folder, clip or a valid regular "
                 f"expression ({exc})"
             ) from None
     groups = []
@@ -84,7 +84,7 @@ def recording_groups(clips: Sequence[Clip], group_by: str = "auto") -> tuple[lis
         if match is None:
             raise ConfigError(
                 f"--group-by {mode}: file name {Path(clip.path).name} has no recording "
-                "group; use --group-by folder, none or another pattern"
+                "group; use --group-by folder, clip or another pattern"
             )
         groups.append((match.group(1) if pattern.groups else match.group(0)).lower())
     return groups, "session" if mode == "session" else f"regex {mode}"
