@@ -2,7 +2,8 @@
 
 ``generate_dataset`` writes a data set of one machine type (normal training clips,
 normal and anomalous test clips, a manifest); ``render_clip`` renders one clip in memory;
-``manifest_kinds`` reads which anomaly kind each test clip has.
+``manifest_kinds`` reads which anomaly kind each test clip has; ``session_conditions``
+gives the recording conditions of a session (``generate_dataset(sessions=N)``).
 The models and their parameters are documented in ``docs/synth.md``.
 """
 
@@ -14,6 +15,7 @@ from soundwatch.synth.dataset import (
     manifest_kinds,
     render_clip,
     sample_id_params,
+    session_conditions,
 )
 
 __all__ = [
@@ -24,4 +26,5 @@ __all__ = [
     "manifest_kinds",
     "render_clip",
     "sample_id_params",
+    "session_conditions",
 ]
