@@ -195,7 +195,8 @@ def evaluate(
 
     The run is written to a temporary sibling folder that replaces ``out_dir`` when it
     is complete (see :func:`fresh_folder`), so an overwritten folder holds no file of
-    the earlier run, and a failed run leaves the earlier one intact.
+    the earlier run, and a failed run leaves the earlier one intact. ``progress``, when
+    given, is called with one line per step once the inputs have been checked.
     """
     out_dir = Path(out_dir)
     check_out_dir(out_dir, overwrite)
