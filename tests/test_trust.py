@@ -198,6 +198,8 @@ def test_input_unlike_the_training_data_warns(capsys, model, test_dir, tmp_path)
     assert "stereo.wav: sample rate" in err
     code, _, err = run(capsys, "score", model, low, "--strict")
     assert one_line_error(code, err, "low_rate.wav: sample rate 8000 Hz"), err
+    code, _, err = run(capsys, "inspect", low, "--model", model, "-o", tmp_path / "low.png")
+    assert code == 0 and err.startswith("warning: ") and "low_rate.wav: sample rate" in err
 
 
 def test_edited_model_metadata_names_file_and_field(capsys, model, test_dir, tmp_path):

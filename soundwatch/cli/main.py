@@ -454,11 +454,16 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         raise ConfigError(f"--out must end in .png, got {out}")
     if out.exists() and not args.overwrite:
         raise ConfigError(f"{out} already exists; choose another --out or pass --overwrite")
-    from soundwatch.fileio import atomic_path
+    from soundwatch.fileio import atomic_path, check_writable
     from soundwatch.reports.inspect import inspect_clip
     from soundwatch.reports.plots import figure_png
+    from soundwatch.runtime import ScoringRuntime
 
-    found = inspect_clip(source, args.model, args.threshold)
+    check_writable(out.parent)
+    runtime = ScoringRuntime(threshold=args.threshold).load({"model": args.model})
+    for warning in runtime.check(source):
+        print(f"warning: {warning}", file=sys.stderr)
+    found = inspect_clip(source, runtime.detector())
     with atomic_path(out) as tmp:
         tmp.write_bytes(figure_png(found.figure))
     print(f"score {found.score:.6g}")
