@@ -305,3 +305,10 @@ def test_validation_fraction_zero_says_training_scores(capsys, sessions_root, tm
     run(capsys, "report", out)
     page = (out / "report" / "report.html").read_text()
     assert "fitted on training scores (validation_fraction=0)" in page
+
+
+def test_too_few_clips_to_cross_fit_say_so(sessions_root):
+    train = discover(sessions_root, "slider", "train")[:3]
+    detector = create("logmel-mahalanobis").fit(train)
+    assert detector.calibration_source_ == "training"
+    assert "too few clips to hold any out" in detector.calibration_info_["description"]

@@ -34,6 +34,8 @@ from soundwatch.training.loop import seed_everything
 # Thresholds per machine ID need enough calibration clips to fit a gamma distribution.
 MIN_CLIPS_PER_ID_THRESHOLD = 8
 POOLED = "all"
+# Fewest training clips for cross-fitted calibration; fewer fall back to the held-out split.
+MIN_CLIPS_CROSS_FIT = 4
 
 COMMON_PARAMS: dict[str, Param] = {
     "seed": Param(0, "random seed for splits, initialisation and shuffling"),
@@ -109,6 +111,7 @@ def calibration_description(
     folds: int | None = None,
     group_by: str | None = None,
     n_groups: int | None = None,
+    reason: str = "validation_fraction=0",
 ) -> str:
     """What the threshold was fitted on, to follow "threshold fitted on"."""
     if source == "cross-fit":
@@ -125,7 +128,7 @@ def calibration_description(
         )
     if source == "training":
         return (
-            f"training scores (validation_fraction=0): the scores of the {n_clips} clips "
+            f"training scores ({reason}): the scores of the {n_clips} clips "
             "the model was trained on, which are lower than those of new recordings; "
             "expect many false alarms"
         )
@@ -259,7 +262,10 @@ class Detector(ABC):
         if calibration_clips is not None:
             check_calibration_clips(self.name, calibration_clips)
         start = time.perf_counter()
-        cross_fit = calibration_clips is None and self.uses_cross_fit
+        # Every fold model needs clips to fit; a handful of clips calibrate as before.
+        cross_fit = (
+            calibration_clips is None and self.uses_cross_fit and len(clips) >= MIN_CLIPS_CROSS_FIT
+        )
         if cross_fit:
             out_of_fold = self._cross_fit_scores(clips)
             train, valid = clips, []
@@ -281,7 +287,13 @@ class Detector(ABC):
             self.calibration_info_ = {
                 "source": self.calibration_source_,
                 "n_clips": len(calibration),
-                "description": calibration_description(self.calibration_source_, len(calibration)),
+                "description": calibration_description(
+                    self.calibration_source_,
+                    len(calibration),
+                    reason="validation_fraction=0"
+                    if self.validation_fraction == 0
+                    else "too few clips to hold any out",
+                ),
             }
             self.thresholds_ = self._fit_thresholds()
         self.fit_info_ = {

@@ -172,10 +172,9 @@ def _decision_warnings(run: RunData, n_calibration: int) -> list[str]:
     warnings = []
     if run.calibration_source == "training":
         warnings.append(
-            "The threshold was fitted on training scores (validation_fraction=0): the "
-            f"scores of the {n_calibration} clips the model was trained on, which are "
-            "lower than those of new recordings, so it flags too many normal clips. Use a "
-            "validation_fraction above 0 or --calibrate-on DIR."
+            f"The threshold was fitted on {_calibration_text(run, n_calibration)}, so it "
+            "flags too many normal clips. Use a validation_fraction above 0, more training "
+            "clips or --calibrate-on DIR."
         )
     unusable = unusable_decisions(run.result)
     if unusable:
