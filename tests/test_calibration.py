@@ -312,3 +312,17 @@ def test_too_few_clips_to_cross_fit_say_so(sessions_root):
     detector = create("logmel-mahalanobis").fit(train)
     assert detector.calibration_source_ == "training"
     assert "too few clips to hold any out" in detector.calibration_info_["description"]
+
+
+def test_gamma_threshold_survives_one_outlier():
+    """One far outlier among 100 normal scores made the three-parameter gamma fit
+    degenerate, with its 0.9 quantile below the scores' median (all normals flagged)."""
+    from soundwatch.evaluation.threshold import gamma_threshold
+
+    for seed in range(5):
+        rng = np.random.default_rng(seed)
+        bulk = 100 + rng.gamma(4.0, 25.0, 99)
+        threshold = gamma_threshold(np.r_[bulk, 1000.0], 0.9)
+        assert np.quantile(bulk, 0.8) < threshold < np.quantile(bulk, 0.99)
+        # scores without an outlier keep the three-parameter fit
+        assert gamma_threshold(bulk, 0.9) == pytest.approx(np.quantile(bulk, 0.9), rel=0.1)

@@ -51,6 +51,11 @@ def gamma_threshold(scores: np.ndarray, quantile: float = 0.9) -> float:
     shape of the score distribution. Since ``loc`` is free, the shift does not change the
     fitted model, only the numerics.
 
+    When the three-parameter fit degenerates (``loc`` at the smallest score with shape
+    below 1, a J-shaped density that one outlier can produce and whose upper quantiles
+    lie inside the bulk of the scores), the gamma is refitted with ``loc`` fixed just
+    below the smallest score.
+
     Falls back to the empirical quantile (``numpy.quantile``) when there are fewer than
     3 scores, all scores are equal, the fit raises, or it yields non-finite values.
     The result is deterministic (no random state is involved).
@@ -92,6 +97,13 @@ def gamma_threshold(scores: np.ndarray, quantile: float = 0.9) -> float:
         with warnings.catch_warnings(), np.errstate(all="ignore"):
             warnings.simplefilter("ignore")
             shape, loc, scale = stats.gamma.fit(z)
+            if shape < 1.0 and loc <= _MARGIN * (1.0 + 1e-6):
+                # Degenerate maximum likelihood: loc runs into the smallest score and the
+                # density becomes J-shaped, which one large outlier can cause; its upper
+                # quantiles then fall inside the bulk of the scores (even below their
+                # median). Fit the two-parameter gamma that starts just below the smallest
+                # score instead.
+                shape, loc, scale = stats.gamma.fit(z, floc=0.0)
             q = float(stats.gamma.ppf(quantile, shape, loc=loc, scale=scale))
     except (ValueError, RuntimeError, ArithmeticError):
         return empirical
