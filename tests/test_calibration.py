@@ -241,6 +241,16 @@ def test_score_warns_once_when_a_batch_drifts(capsys, sessions_root, tmp_path):
     train = sessions_root / "slider" / "train"
     code, _, err = run(capsys, "score", model, train, "-o", tmp_path / "t.csv")
     assert code == 0 and "--calibrate-on" not in err
+    # the named remedy works in score: the threshold is refitted on the noise's scores
+    calib = tmp_path / "calib"
+    calib.mkdir()
+    for i in range(8):
+        write_audio(calib / f"noise_{i}.wav", 0.3 * rng.standard_normal(32000), 16000)
+    code, _, err = run(capsys, "score", model, batch, "--calibrate-on", calib,
+                       "-o", tmp_path / "c.csv")  # fmt: skip
+    assert code == 0 and "--calibrate-on" not in err
+    rows = (tmp_path / "c.csv").read_text().splitlines()[1:]
+    assert sum(int(row.split(",")[-1]) for row in rows) < 8
 
 
 def test_evaluate_and_report_warn_when_decisions_are_unusable(capsys, sessions_root, tmp_path):

@@ -346,8 +346,11 @@ def cmd_score(args: argparse.Namespace) -> int:
         if output.exists() and not args.overwrite:
             raise ConfigError(f"{output} already exists; choose another -o or pass --overwrite")
         check_writable(output.parent, "-o")
+    calibration_clips = _calibration_clips(args)
     runtime = ScoringRuntime(strict=args.strict, skip_bad=args.skip_bad, threshold=args.threshold)
     runtime.load({"model": args.model})
+    if calibration_clips is not None:
+        runtime.detector().calibrate(calibration_clips)
     clips = collect_audio(args.paths)
     if len(clips) >= SCORE_STEP_MIN_CLIPS:
         _step(f"scoring {len(clips)} clips")
@@ -648,6 +651,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", help="model file written by `soundwatch train` or `evaluate`")
     p.add_argument("paths", nargs="+", help="audio files or folders")
     _add_threshold_option(p, REFIT_THRESHOLD_HELP)
+    p.add_argument(
+        "--calibrate-on",
+        metavar="DIR",
+        help="refit the decision threshold, without retraining, on the scores of this "
+        "folder of normal clips recorded under the conditions of the clips to score",
+    )
     _add_out_option(p, "CSV file to write (default: standard output)", old="--output")
     p.add_argument("--overwrite", action="store_true", help="replace an existing CSV")
     p.add_argument(
