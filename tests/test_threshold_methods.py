@@ -139,9 +139,9 @@ def slider_train(slider_mini):
 
 def test_detector_threshold_param_and_stored_scores(slider_train, tmp_path):
     train = slider_train
-    detector = create(
-        "logmel-mahalanobis", threshold="percentile:80", calibration="held-out"
-    ).fit(train)
+    detector = create("logmel-mahalanobis", threshold="percentile:80", calibration="held-out").fit(
+        train
+    )
     held = detector.calibration_scores_["00"]
     assert held.size == detector.fit_info_["n_validation"] == 8
     assert detector.thresholds_["00"] == pytest.approx(np.percentile(held, 80))
