@@ -45,3 +45,27 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     """Write UTF-8 text with ``\\n`` line endings atomically."""
     with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8", newline="") as handle:
         handle.write(text)
+
+
+def check_writable(folder: str | os.PathLike, option: str = "--out") -> None:
+    """Refuse, before any long work, a folder that cannot be written.
+
+    Creates and removes a probe file in ``folder``, or, when the folder does not exist
+    yet, in its nearest existing ancestor (where it would be created). Raises
+    :class:`~soundwatch.errors.ConfigError` naming the folder and ``option``.
+    """
+    from soundwatch.errors import ConfigError
+
+    folder = Path(os.path.abspath(folder))
+    target = folder
+    while not target.exists() and target != target.parent:
+        target = target.parent
+    try:
+        if not target.is_dir():
+            raise NotADirectoryError(f"{target} is not a folder")
+        fd, probe = tempfile.mkstemp(dir=target, prefix=".soundwatch-probe-")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        raise ConfigError(f"cannot write to {folder} ({reason}); choose another {option}") from None

@@ -43,6 +43,11 @@ def gamma_threshold(scores: np.ndarray, quantile: float = 0.9) -> float:
     shape of the score distribution. Since ``loc`` is free, the shift does not change the
     fitted model, only the numerics.
 
+    When the three-parameter fit degenerates (``loc`` at the smallest score with shape
+    below 1, a J-shaped density that one outlier can produce and whose upper quantiles
+    lie inside the bulk of the scores), the gamma is refitted with ``loc`` fixed just
+    below the smallest score.
+
     Falls back to the empirical quantile (``numpy.quantile``) when there are fewer than
     3 scores, all scores are equal, the fit raises, or it yields non-finite values.
     The result is deterministic (no random state is involved).
@@ -84,6 +89,13 @@ def gamma_threshold(scores: np.ndarray, quantile: float = 0.9) -> float:
         with warnings.catch_warnings(), np.errstate(all="ignore"):
             warnings.simplefilter("ignore")
             shape, loc, scale = stats.gamma.fit(z)
+            if shape < 1.0 and loc <= _MARGIN * (1.0 + 1e-6):
+                # Degenerate maximum likelihood: loc runs into the smallest score and the
+                # density becomes J-shaped, which one large outlier can cause; its upper
+                # quantiles then fall inside the bulk of the scores (even below their
+                # median). Fit the two-parameter gamma that starts just below the smallest
+                # score instead.
+                shape, loc, scale = stats.gamma.fit(z, floc=0.0)
             q = float(stats.gamma.ppf(quantile, shape, loc=loc, scale=scale))
     except (ValueError, RuntimeError, ArithmeticError):
         return empirical
@@ -181,7 +193,7 @@ def meanstd_threshold(scores: np.ndarray, k: float = 3.0) -> float:
     Examples
     --------
     >>> meanstd_threshold(np.array([1.0, 2.0, 3.0]), 2.0)
-    5.0
+    4.0
     """
     if not math.isfinite(k):
         raise ConfigError(f"threshold k (standard deviations) must be finite, got {k}")
@@ -377,3 +389,104 @@ def fit_thresholds(
         if arrays[machine_id].size >= min_clips:
             thresholds[machine_id] = method.fit(arrays[machine_id])
     return thresholds
+
+
+def design_rate(method: ThresholdMethod) -> float:
+    """Fraction of normal clips a threshold of ``method`` is meant to flag.
+
+    ``gamma:Q`` flags ``1 - Q``, ``percentile:P`` flags ``1 - P / 100``, and
+    ``meanstd:K`` the upper tail of a normal distribution above ``K`` standard
+    deviations.
+
+    Examples
+    --------
+    >>> round(design_rate(parse_threshold_method("gamma:0.9")), 6)
+    0.1
+    """
+    if method.name == "gamma":
+        return 1.0 - method.value
+    if method.name == "percentile":
+        return 1.0 - method.value / 100.0
+    return float(stats.norm.sf(method.value))
+
+
+#: A batch is drifting when it flags at least this many times the design rate...
+DRIFT_RATIO = 3.0
+#: ...and a one-sided binomial test at the design rate rejects at this level.
+DRIFT_P_VALUE = 0.01
+
+
+@dataclass(frozen=True)
+class DriftCheck:
+    """Whether a batch flags far more clips than a threshold's design rate.
+
+    Attributes
+    ----------
+    n_flagged, n_clips : int
+    design_rate : float
+    p_value : float
+        One-sided binomial test of ``n_flagged`` against ``design_rate``.
+    drifting : bool
+        ``n_flagged / n_clips >= DRIFT_RATIO * design_rate`` and ``p_value < DRIFT_P_VALUE``.
+    """
+
+    n_flagged: int
+    n_clips: int
+    design_rate: float
+    p_value: float
+    drifting: bool
+
+    @property
+    def rate(self) -> float:
+        """Flagged fraction of the batch."""
+        return self.n_flagged / self.n_clips if self.n_clips else 0.0
+
+    def message(self, what: str = "clips") -> str:
+        """The one-line warning (whether or not the batch is drifting)."""
+        return (
+            f"warning: {self.n_flagged} of {self.n_clips} {what} ({self.rate:.0%}) are above "
+            f"the threshold, which is meant to flag {self.design_rate:.0%} of normal clips "
+            f"(binomial p = {self.p_value:.2g}); the recordings may differ from the "
+            "training data (another day, microphone or load): refit the threshold on normal "
+            "clips of these conditions with --calibrate-on DIR, or set it with --threshold"
+        )
+
+
+def drift_check(
+    decisions: np.ndarray,
+    rate: float,
+    *,
+    ratio: float = DRIFT_RATIO,
+    alpha: float = DRIFT_P_VALUE,
+) -> DriftCheck:
+    """Test whether far more of a batch is flagged than a threshold's design rate.
+
+    Parameters
+    ----------
+    decisions : array-like of shape (n_clips,)
+        0/1 decisions of a batch (all clips, or the normal clips of a labelled test set).
+    rate : float
+        The design rate, e.g. :func:`design_rate` of the threshold method.
+    ratio : float, default=3
+        Fewest multiples of ``rate`` that count as drift.
+    alpha : float, default=0.01
+        Level of the one-sided binomial test.
+
+    Returns
+    -------
+    DriftCheck
+
+    Examples
+    --------
+    >>> drift_check(np.ones(20), 0.1).drifting
+    True
+    >>> drift_check(np.r_[np.ones(2), np.zeros(18)], 0.1).drifting
+    False
+    """
+    flags = np.asarray(decisions).reshape(-1).astype(bool)
+    n, k = int(flags.size), int(flags.sum())
+    if n == 0:
+        return DriftCheck(0, 0, float(rate), 1.0, False)
+    p_value = float(stats.binomtest(k, n, min(max(rate, 1e-12), 1.0), alternative="greater").pvalue)
+    drifting = k / n >= ratio * rate and p_value < alpha
+    return DriftCheck(k, n, float(rate), p_value, bool(drifting))

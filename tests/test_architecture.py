@@ -27,7 +27,7 @@ STAGES: list[tuple[str, ...]] = [
     ("detectors",),
     ("evaluation",),
     ("reports",),
-    ("runtime",),
+    ("runtime", "api"),
     ("services",),
     ("cli",),
 ]

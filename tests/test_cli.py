@@ -118,7 +118,9 @@ def test_train_then_score(capsys, slider_mini, model, tmp_path):
     assert min(anomaly) > max(normal)
 
     code, out, _ = run(capsys, "score", model, test_dir / "normal_id_00_00000013.wav")
-    assert code == 0 and out.startswith("path,machine_id,score,threshold,decision\n")
+    assert code == 0 and out.startswith(
+        "path,machine_id,score,threshold,threshold_source,decision\n"
+    )
 
     code, _, err = run(capsys, "score", model, test_dir, "-o", scores)
     assert_one_line_error(code, err, "already exists")
@@ -255,7 +257,7 @@ def test_synth_refuses_to_overwrite(capsys, tmp_path):
     assert_one_line_error(code, err, "not empty")
     shutil.rmtree(tmp_path / "d")
     code, _, err = run(capsys, *args, "--id-spread", "2")
-    assert_one_line_error(code, err, "id_spread must be at most 1")
+    assert_one_line_error(code, err, "--id-spread must be at most 1")
     code, _, err = run(capsys, *args, "--id-spread", "0.3")
     assert code == 0, err
     manifest = json.loads((tmp_path / "d" / "slider" / "synth_manifest.json").read_text())

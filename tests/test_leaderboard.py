@@ -82,7 +82,8 @@ def test_bench_writes_three_leaderboard_files(capsys, tiny_slider_root, tmp_path
     for name in ("logmel-mahalanobis", "dcase2020-ae"):
         assert (out / name / "result.json").is_file()
         assert (out / name / "anomaly_score_slider_id_00.csv").is_file()
-    # A second run reuses the results instead of training again.
+    # A second run with the same settings reuses the results instead of training again,
+    # and the leaderboard keeps the row of the detector not chosen this time.
     before = (out / "dcase2020-ae" / "result.json").stat().st_mtime_ns
     assert (
         main(
@@ -93,10 +94,39 @@ def test_bench_writes_three_leaderboard_files(capsys, tiny_slider_root, tmp_path
                 "slider",
                 "--detectors",
                 "dcase2020-ae",
+                "--param",
+                "epochs=1",
                 "--out",
                 str(out),
             ]
         )
         == 0
     )
+    assert "dcase2020-ae: skipped (same settings)" in capsys.readouterr().err
     assert (out / "dcase2020-ae" / "result.json").stat().st_mtime_ns == before
+    rows = {r["detector"]: r for r in csv.DictReader((out / "leaderboard.csv").open())}
+    assert rows["dcase2020-ae"]["settings"] == "same"
+    assert rows["logmel-mahalanobis"]["settings"] == "not in this bench"
+
+    # Changed parameters rerun the detector instead of passing off the old result.
+    assert (
+        main(
+            [
+                "bench",
+                str(tiny_slider_root),
+                "--machine",
+                "slider",
+                "--detectors",
+                "dcase2020-ae",
+                "--param",
+                "epochs=2",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
+    err = capsys.readouterr().err
+    assert "reran (settings changed: params (epochs))" in err and "fit " in err
+    result = json.loads((out / "dcase2020-ae" / "result.json").read_text())
+    assert result["params"]["epochs"] == 2 and result["fingerprint"]["params"]["epochs"] == 2

@@ -13,7 +13,7 @@ from soundwatch.data.clips import Clip
 from soundwatch.detectors import Detector, create
 from soundwatch.detectors.modelfile import read_model_file
 from soundwatch.errors import ConfigError
-from soundwatch.evaluation.decision_metrics import (
+from soundwatch.evaluation.decisions import (
     best_f1_threshold,
     binary_metrics,
     candidate_thresholds,
@@ -146,7 +146,9 @@ def default_model(slider_train):
 
 def test_detector_threshold_param_and_stored_scores(slider_train, tmp_path):
     train = slider_train
-    detector = create("logmel-mahalanobis", threshold="percentile:80").fit(train)
+    detector = create("logmel-mahalanobis", threshold="percentile:80", calibration="held-out").fit(
+        train
+    )
     held = detector.calibration_scores_["00"]
     assert held.size == detector.fit_info_["n_validation"] == 8
     assert detector.thresholds_["00"] == pytest.approx(np.percentile(held, 80))

@@ -21,37 +21,125 @@ from soundwatch.errors import ConfigError, SoundwatchError
 
 DEFAULT_DETECTOR = "logmel-mahalanobis"
 EXIT_ERROR = 1
+# `score --skip-bad` when some files were skipped: the CSV holds only the others.
+EXIT_SKIPPED = 2
+# From this many clips, scoring takes seconds and `score` says what it is doing.
+SCORE_STEP_MIN_CLIPS = 20
+# Commands that train or score with torch (for the busy-cores hint).
+TORCH_COMMANDS = {"train", "score", "evaluate", "bench", "demo", "inspect"}
 
 
 THRESHOLD_HELP = (
-    "decision threshold fitted on held-out normal training scores: gamma:Q (Q quantile "
+    "decision threshold fitted on normal training scores (cross-fitted or held out, see "
+    "--group-by and --calibrate-on): gamma:Q (Q quantile "
     "of a fitted gamma, default gamma:0.9), percentile:P (empirical P-th percentile) or "
     "meanstd:K (mean + K standard deviations)"
 )
 
 
 REFIT_THRESHOLD_HELP = (
-    "refit the decision threshold, without retraining, from the held-out normal scores "
+    "refit the decision threshold, without retraining, from the normal calibration scores "
     "stored in the model: gamma:Q, percentile:P or meanstd:K (default: the model's own)"
 )
 
 
-def _detector(name: str, assignments: list[str] | None, threshold: str | None = None):
+def _detector(
+    name: str,
+    assignments: list[str] | None,
+    threshold: str | None = None,
+    group_by: str | None = None,
+):
     from soundwatch.detectors import create
     from soundwatch.detectors.params import parse_assignments
 
     params = parse_assignments(assignments)
-    if threshold is not None:
-        if "threshold" in params and params["threshold"] != threshold:
-            raise ConfigError(
-                f"--threshold {threshold} contradicts --param threshold={params['threshold']}"
-            )
-        params["threshold"] = threshold
+    for key, value in (("threshold", threshold), ("group_by", group_by)):
+        if value is None:
+            continue
+        if key in params and params[key] != value:
+            option = "--" + key.replace("_", "-")
+            raise ConfigError(f"{option} {value} contradicts --param {key}={params[key]}")
+        params[key] = value
     return create(name, **params)
+
+
+def _add_calibration_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--calibrate-on",
+        metavar="DIR",
+        help="folder of separately recorded normal clips (e.g. from another day) that "
+        "only sets the decision threshold; the model never trains on them",
+    )
+    parser.add_argument(
+        "--group-by",
+        metavar="HOW",
+        help="recording groups that cross-fitted calibration keeps within one fold: "
+        "auto (default: a sessionNN tag in the file names, else folders), session, "
+        "folder, clip (each clip its own group), or a regular expression whose first "
+        "group names the group; "
+        "same as --param group_by=HOW",
+    )
+
+
+def _calibration_clips(args: argparse.Namespace):
+    """The clips of ``--calibrate-on``, or None; refused before any training."""
+    if not getattr(args, "calibrate_on", None):
+        return None
+    from soundwatch.data.datasets import collect_audio
+    from soundwatch.detectors.base import check_calibration_clips
+
+    folder = Path(args.calibrate_on)
+    if not folder.is_dir():
+        raise ConfigError(f"--calibrate-on: not a folder: {folder}")
+    return check_calibration_clips("--calibrate-on", collect_audio([folder]))
+
+
+def _warn_drift(detector, decisions) -> None:
+    """One line on stderr when a scored batch flags far more clips than the threshold's
+    design rate (``score``; ``evaluate`` reads the check from its result)."""
+    from soundwatch.thresholds import design_rate, drift_check
+
+    check = drift_check(decisions, design_rate(detector.threshold_method))
+    if check.drifting:
+        print(check.message(), file=sys.stderr)
+
+
+def _format_rate(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"
 
 
 def _add_threshold_option(parser: argparse.ArgumentParser, help_text: str) -> None:
     parser.add_argument("--threshold", "-t", metavar="METHOD", help=help_text)
+
+
+def _add_out_option(
+    parser: argparse.ArgumentParser, help_text: str, *, old: str | None = None
+) -> None:
+    """``--out/-o``; ``old`` is an earlier spelling kept as a hidden alias."""
+    parser.add_argument("--out", "-o", dest="out", help=help_text)
+    if old:
+        parser.add_argument(old, dest="out", help=argparse.SUPPRESS)
+
+
+def _step(message: str) -> None:
+    """One line per step on stderr (bars appear on a terminal, lines in a log)."""
+    print(message, file=sys.stderr, flush=True)
+
+
+def _busy_cores_hint(threads: int) -> str | None:
+    """A one-line hint when torch would start more threads than the load leaves cores."""
+    if threads or not hasattr(os, "getloadavg"):
+        return None
+    cores = os.cpu_count() or 1
+    wanted = int(os.environ.get("OMP_NUM_THREADS") or cores)
+    load = os.getloadavg()[0]
+    free = max(1, round(cores - load))
+    if wanted <= free:
+        return None
+    return (
+        f"hint: the CPUs are busy (load {load:.1f} on {cores} cores) and torch would use "
+        f"{wanted} threads; --threads 1 may be faster"
+    )
 
 
 def _add_detector_options(parser: argparse.ArgumentParser) -> None:
@@ -76,19 +164,64 @@ def _print_table(result: dict) -> None:
 
     if not result.get("per_id"):
         print("no labelled test clips: scores and decisions written, no metrics")
+        _print_calibration(result)
         return
     results = [
         IdResult(r["id"], r["auc"], r["pauc"], r["n_normal"], r["n_anomaly"])
         for r in result["per_id"]
     ]
     means = {k: result[k] for k in ("mean_auc", "mean_pauc", "hmean_auc", "hmean_pauc")}
-    print(format_table(results, means))
+    decisions = result.get("decisions")
+    if not decisions:  # a result of an older soundwatch
+        print(format_table(results, means))
+    else:
+        _print_decision_table(results, means, decisions)
     per_kind = result.get("per_kind") or {}
     if per_kind:
         print(
             "mean AUC per anomaly kind: "
             + ", ".join(f"{kind} {entry['auc']:.4f}" for kind, entry in per_kind.items())
         )
+    _print_calibration(result)
+
+
+def _print_decision_table(results, means: dict, decisions: dict) -> None:
+    """AUC and pAUC per ID beside precision, recall and false-positive rate of the
+    decisions at the threshold."""
+    labels = [r.machine_id for r in results] + ["Average", "Harmonic mean", "All clips"]
+    w = max(len(x) for x in labels) + 2
+    header = (
+        f"{'id':<{w}}{'AUC':>6}{'pAUC':>8}{'prec':>8}{'recall':>8}{'FPR':>8}"
+        f"{'n_normal':>10}{'n_anomaly':>11}"
+    )
+    lines = [header, "-" * len(header)]
+    for r in results:
+        d = decisions["per_id"].get(r.machine_id, {})
+        rates = "".join(f"{_format_rate(d.get(k)):>8}" for k in ("precision", "recall", "fpr"))
+        lines.append(
+            f"{r.machine_id:<{w}}{r.auc:>6.4f}{r.pauc:>8.4f}{rates}"
+            f"{r.n_normal:>10d}{r.n_anomaly:>11d}"
+        )
+    lines.append(f"{'Average':<{w}}{means['mean_auc']:>6.4f}{means['mean_pauc']:>8.4f}")
+    lines.append(f"{'Harmonic mean':<{w}}{means['hmean_auc']:>6.4f}{means['hmean_pauc']:>8.4f}")
+    overall = decisions["overall"]
+    rates = "".join(f"{_format_rate(overall.get(k)):>8}" for k in ("precision", "recall", "fpr"))
+    lines.append(f"{'All clips':<{w}}{'':>14}{rates}")
+    print("\n".join(lines))
+
+
+def _print_calibration(result: dict) -> None:
+    """What the threshold was fitted on, its design rate, and the drift warning."""
+    spec = result.get("threshold_spec")
+    rate = result.get("design_rate")
+    calibration = (result.get("calibration") or {}).get("description")
+    if spec and rate is not None:
+        print(f"decisions at threshold {spec}, meant to flag {rate:.0%} of normal clips")
+    if calibration:
+        print(f"threshold fitted on {calibration}")
+    message = (result.get("drift") or {}).get("message")
+    if message:
+        print(message, file=sys.stderr)
 
 
 # ------------------------------------------------------------------------- commands
@@ -124,10 +257,42 @@ def cmd_encoders(args: argparse.Namespace) -> int:
     return 0
 
 
+# Names of generate_dataset's arguments, as the command line spells them.
+SYNTH_OPTIONS = {
+    "n_train_per_id": "--n-train",
+    "n_test_normal_per_id": "--n-test-normal",
+    "n_test_anomaly_per_id": "--n-test-anomaly",
+    "n_ids": "--ids",
+    "snr_db": "--snr",
+    "id_spread": "--id-spread",
+    "severity": "--severity",
+    "workers": "--workers",
+    "seed": "--seed",
+    "sessions": "--sessions",
+}
+
+
 def cmd_synth(args: argparse.Namespace) -> int:
+    import re
+
+    try:
+        summary = _generate(args)
+    except ConfigError as exc:  # speak in options, not in Python argument names
+        message = str(exc).replace(" (overwrite=True)", "")
+        for name, option in SYNTH_OPTIONS.items():
+            message = re.sub(rf"\b{name}(?= must )", option, message)
+        raise ConfigError(message) from None
+    print(
+        f"wrote {summary.get('n_clips', '?')} clips of {args.machine} to "
+        f"{Path(args.out) / args.machine}"
+    )
+    return 0
+
+
+def _generate(args: argparse.Namespace) -> dict:
     from soundwatch.synth import generate_dataset
 
-    summary = generate_dataset(
+    return generate_dataset(
         args.out,
         machine=args.machine,
         n_ids=args.ids,
@@ -140,76 +305,108 @@ def cmd_synth(args: argparse.Namespace) -> int:
         id_spread=args.id_spread,
         workers=args.workers,
         overwrite=args.overwrite,
+        sessions=args.sessions,
     )
-    print(
-        f"wrote {summary.get('n_clips', '?')} clips of {args.machine} to "
-        f"{Path(args.out) / args.machine}"
-    )
-    return 0
 
 
 def cmd_train(args: argparse.Namespace) -> int:
     from soundwatch.evaluation.protocol import training_clips
+    from soundwatch.fileio import check_writable
 
-    output = Path(args.output)
+    if not args.out:
+        raise ConfigError("train needs --out/-o MODEL_FILE (.safetensors)")
+    output = Path(args.out)
     if output.exists() and not args.overwrite:
         raise ConfigError(f"{output} already exists; choose another -o or pass --overwrite")
-    detector = _detector(args.detector, args.param, args.threshold)
+    if output.is_dir():
+        raise ConfigError(f"{output} is a folder; -o names the model file to write")
+    check_writable(output.parent, "-o")
+    detector = _detector(args.detector, args.param, args.threshold, args.group_by)
     clips = training_clips(Path(args.data), args.machine)
-    print(f"training {detector.name} on {len(clips)} clips", file=sys.stderr)
+    calibration_clips = _calibration_clips(args)
+    _step(f"training {detector.name} on {len(clips)} clips")
     start = time.perf_counter()
-    detector.fit(clips)
+    detector.fit(clips, calibration_clips)
     detector.save(output, overwrite=args.overwrite)
     thresholds = ", ".join(f"{k}: {v:.4g}" for k, v in detector.thresholds_.items())
     print(
         f"saved {output} ({time.perf_counter() - start:.1f} s); "
         f"{detector.threshold_method.spec} thresholds {thresholds}"
     )
+    print(f"threshold fitted on {detector.calibration_info_['description']}")
     return 0
 
 
 def cmd_score(args: argparse.Namespace) -> int:
     from soundwatch.data.datasets import collect_audio
-    from soundwatch.detectors.base import Detector
+    from soundwatch.fileio import atomic_write_text, check_writable
+    from soundwatch.runtime import ScoringRuntime
 
-    detector = Detector.load(args.model)
-    if args.threshold is not None:
-        detector.refit_threshold(args.threshold)
+    output = Path(args.out) if args.out else None
+    if output is not None:
+        if output.exists() and not args.overwrite:
+            raise ConfigError(f"{output} already exists; choose another -o or pass --overwrite")
+        check_writable(output.parent, "-o")
+    calibration_clips = _calibration_clips(args)
+    runtime = ScoringRuntime(strict=args.strict, skip_bad=args.skip_bad, threshold=args.threshold)
+    runtime.load({"model": args.model})
+    if calibration_clips is not None:
+        runtime.detector().calibrate(calibration_clips)
     clips = collect_audio(args.paths)
-    output = Path(args.output) if args.output else None
-    if output is not None and output.exists() and not args.overwrite:
-        raise ConfigError(f"{output} already exists; choose another -o or pass --overwrite")
-    scores = detector.score(clips)
-    decisions = detector.decide(clips, scores)
+    if len(clips) >= SCORE_STEP_MIN_CLIPS:
+        _step(f"scoring {len(clips)} clips")
+    results = runtime.score(clips)
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["path", "machine_id", "score", "threshold", "decision"])
-    for clip, score, decision in zip(clips, scores, decisions, strict=True):
+    writer.writerow(["path", "machine_id", "score", "threshold", "threshold_source", "decision"])
+    skipped = [r for r in results if r.error]
+    for result in results:
+        for warning in result.warnings:
+            print(f"warning: {warning}", file=sys.stderr)
+        if result.error:
+            continue
         writer.writerow(
             [
-                clip.path,
-                clip.machine_id or "",
-                f"{score:.6g}",
-                f"{detector.threshold_for(clip.machine_id):.6g}",
-                int(decision),
+                result.path,
+                result.machine_id or "",
+                f"{result.score:.6g}",
+                f"{result.threshold:.6g}",
+                result.threshold_source,
+                result.decision,
             ]
         )
+    for result in skipped:
+        print(f"skipped {result.path}: {result.error}", file=sys.stderr)
+    runtime.record(results)
+    scored = [r for r in results if not r.error]
+    _warn_drift(runtime.detector(), [r.decision for r in scored])
     if output is None:
         sys.stdout.write(buffer.getvalue())
     else:
-        from soundwatch.fileio import atomic_write_text
-
         atomic_write_text(output, buffer.getvalue())
-        print(f"scored {len(clips)} clips, {int(decisions.sum())} above threshold -> {output}")
+        flagged = sum(r.decision for r in scored)
+        print(f"scored {len(scored)} clips, {flagged} above threshold -> {output}")
+    if skipped:
+        print(f"skipped {len(skipped)} of {len(results)} files (listed above)", file=sys.stderr)
+        return EXIT_SKIPPED
     return 0
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from soundwatch.evaluation.protocol import evaluate
 
-    detector = _detector(args.detector, args.param, args.threshold)
+    detector = _detector(args.detector, args.param, args.threshold, args.group_by)
     out = Path(args.out) if args.out else Path("soundwatch-results") / args.machine / detector.name
-    evaluation = evaluate(Path(args.root), args.machine, detector, out, overwrite=args.overwrite)
+    calibration_clips = _calibration_clips(args)
+    evaluation = evaluate(
+        Path(args.root),
+        args.machine,
+        detector,
+        out,
+        overwrite=args.overwrite,
+        calibration_clips=calibration_clips,
+        progress=_step,
+    )
     print(f"{args.machine} / {detector.name}")
     _print_table(evaluation.result)
     print(
@@ -261,16 +458,20 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         raise ConfigError(f"--out must end in .png, got {out}")
     if out.exists() and not args.overwrite:
         raise ConfigError(f"{out} already exists; choose another --out or pass --overwrite")
-    from soundwatch.fileio import atomic_path
+    from soundwatch.fileio import atomic_path, check_writable
     from soundwatch.reports.inspect import inspect_clip
     from soundwatch.reports.plots import figure_png
+    from soundwatch.runtime import ScoringRuntime
 
-    found = inspect_clip(source, args.model, args.threshold)
+    check_writable(out.parent)
+    runtime = ScoringRuntime(threshold=args.threshold).load({"model": args.model})
+    for warning in runtime.check(source):
+        print(f"warning: {warning}", file=sys.stderr)
+    found = inspect_clip(source, runtime.detector())
     with atomic_path(out) as tmp:
         tmp.write_bytes(figure_png(found.figure))
-    where = f"machine ID {found.machine_id}" if found.machine_id else "pooled"
     print(f"score {found.score:.6g}")
-    print(f"threshold {found.threshold:.6g} ({found.method}, {where})")
+    print(f"threshold {found.threshold:.6g} ({found.method}, {found.threshold_source})")
     print(f"decision {'anomalous' if found.decision else 'normal'} ({found.decision})")
     note = "" if found.has_map else " (no anomaly map for this detector)"
     print(f"wrote {out}{note}")
@@ -316,6 +517,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 # ------------------------------------------------------------------------- parser
+def _synth_machines() -> list[str]:
+    try:
+        from soundwatch.synth import MACHINES
+    except ImportError:  # the synth stage is optional
+        return ["slider"]
+    return sorted(MACHINES)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="soundwatch",
@@ -370,8 +579,19 @@ def build_parser() -> argparse.ArgumentParser:
         "{normal,anomaly}_id_XX_*.wav (16 kHz, 16-bit, 10 s). See docs/synth.md.",
     )
     p.add_argument("out", help="output data-set root")
-    p.add_argument("--machine", "-m", default="slider", help="machine type (default: slider)")
-    p.add_argument("--ids", type=int, default=4, help="machine IDs (default: 4)")
+    p.add_argument(
+        "--machine",
+        "-m",
+        default="slider",
+        help=f"machine type: {', '.join(_synth_machines())} (default: slider)",
+    )
+    p.add_argument(
+        "--ids",
+        type=int,
+        default=4,
+        metavar="N",
+        help="number of machine IDs to synthesise, named 00, 02, 04... (default: 4)",
+    )
     p.add_argument("--n-train", type=int, default=100, help="training normals per ID")
     p.add_argument("--n-test-normal", type=int, default=50, help="test normals per ID")
     p.add_argument("--n-test-anomaly", type=int, default=50, help="test anomalies per ID")
@@ -392,6 +612,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="how different the machine IDs are, 0-1: 1 (default) draws unrelated "
         "machines in unrelated halls, smaller values units of one product in one hall",
     )
+    p.add_argument(
+        "--sessions",
+        type=int,
+        default=1,
+        help="recording sessions (days) with their own microphone gain, EQ tilt, "
+        "background level and machine load; training and test clips span all of them "
+        "and file names end in _sessionNN (default 1: no session effects)",
+    )
     p.add_argument("--workers", type=int, default=1, help="parallel processes (default 1)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing data set")
     p.set_defaults(func=cmd_synth)
@@ -406,7 +634,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--machine", "-m", help="machine type to train on (a folder under DATA)")
     _add_detector_options(p)
     _add_threshold_option(p, THRESHOLD_HELP + "; same as --param threshold=METHOD")
-    p.add_argument("--output", "-o", required=True, help="model file to write (.safetensors)")
+    _add_calibration_options(p)
+    _add_out_option(p, "model file to write (.safetensors; required)", old="--output")
     p.add_argument("--overwrite", action="store_true", help="replace an existing model file")
     p.set_defaults(func=cmd_train)
 
@@ -414,15 +643,35 @@ def build_parser() -> argparse.ArgumentParser:
         "score",
         help="score audio files or folders with a trained model",
         description="Score files or folders (searched recursively) with a model file. Writes "
-        "CSV: path, machine_id, score, threshold, decision (1 = anomalous). --threshold "
-        "refits the decision threshold from the held-out normal scores stored in the model, "
-        "without retraining.",
+        "CSV: path, machine_id, score, threshold, threshold_source (the machine ID's "
+        "threshold or the pooled one), decision (1 = anomalous). --threshold refits the "
+        "decision threshold from the normal scores stored in the model, without "
+        "retraining. A clip whose machine type, sample rate, channel count or duration "
+        "differs from the training data gets a one-line warning on stderr.",
     )
     p.add_argument("model", help="model file written by `soundwatch train` or `evaluate`")
     p.add_argument("paths", nargs="+", help="audio files or folders")
     _add_threshold_option(p, REFIT_THRESHOLD_HELP)
-    p.add_argument("--output", "-o", help="CSV file to write (default: standard output)")
+    p.add_argument(
+        "--calibrate-on",
+        metavar="DIR",
+        help="refit the decision threshold, without retraining, on the scores of this "
+        "folder of normal clips recorded under the conditions of the clips to score",
+    )
+    _add_out_option(p, "CSV file to write (default: standard output)", old="--output")
     p.add_argument("--overwrite", action="store_true", help="replace an existing CSV")
+    p.add_argument(
+        "--skip-bad",
+        action="store_true",
+        help="score the readable files even when some are not; list each skipped file "
+        "and why on stderr and exit with status 2 (default: name the bad file, write nothing)",
+    )
+    p.add_argument(
+        "--strict",
+        action="store_true",
+        help="refuse clips of another machine type, sample rate, channel count or duration "
+        "than the training data (default: warn)",
+    )
     p.set_defaults(func=cmd_score)
 
     p = sub.add_parser(
@@ -436,8 +685,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--machine", "-m", required=True, help="machine type, e.g. slider")
     _add_detector_options(p)
     _add_threshold_option(p, THRESHOLD_HELP + "; same as --param threshold=METHOD")
-    p.add_argument("--out", help="output folder (default: soundwatch-results/MACHINE/DETECTOR)")
-    p.add_argument("--overwrite", action="store_true", help="replace results in --out")
+    _add_calibration_options(p)
+    _add_out_option(p, "output folder (default: soundwatch-results/MACHINE/DETECTOR)")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the results in --out: the new run replaces the whole folder once "
+        "it is complete",
+    )
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser(
@@ -445,9 +700,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="evaluate several detectors and write a leaderboard",
         description="Run `evaluate` for each detector (each in its own process, so peak "
         "memory is measured per detector) into OUT/DETECTOR/, then write "
-        "leaderboard.csv, leaderboard.md and leaderboard.json to OUT. Detectors "
-        "whose folder already holds results are not rerun, so a stopped bench "
-        "resumes.",
+        "leaderboard.csv, leaderboard.md and leaderboard.json to OUT, one row per result "
+        "folder under OUT. A detector whose folder holds results of the same settings "
+        "(detector, parameters, data files, soundwatch version) is skipped, so a stopped "
+        "bench resumes; one with other settings is rerun.",
     )
     p.add_argument("root", help="data-set root holding MACHINE/train and MACHINE/test")
     p.add_argument("--machine", "-m", required=True, help="machine type, e.g. slider")
@@ -462,8 +718,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="DET.KEY=VALUE sets one detector's parameter; KEY=VALUE sets it for "
         "every chosen detector that has it (repeatable)",
     )
-    p.add_argument("--out", help="output folder (default: soundwatch-bench/MACHINE)")
-    p.add_argument("--overwrite", action="store_true", help="rerun detectors with results")
+    _add_out_option(p, "output folder (default: soundwatch-bench/MACHINE)")
+    p.add_argument(
+        "--overwrite", action="store_true", help="rerun detectors even with the same settings"
+    )
     p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser(
@@ -509,7 +767,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="synthesise a small data set, train, evaluate and print the table",
         description="End-to-end demo on synthetic slider sounds (about a minute on 2 cores).",
     )
-    p.add_argument("--out", help="demo folder (default: ./soundwatch-demo, or -2, -3...)")
+    _add_out_option(p, "demo folder (default: ./soundwatch-demo, or -2, -3...)")
     p.add_argument("--machine", "-m", default="slider", help="machine type (default: slider)")
     p.add_argument("--n-train", type=int, default=60, help="training normals per ID")
     p.add_argument("--seed", type=int, default=0, help="random seed")
@@ -531,6 +789,12 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
         # Child processes (bench) start with the same setting.
         os.environ["OMP_NUM_THREADS"] = str(args.threads)
+    if (
+        args.command in TORCH_COMMANDS
+        and sys.stderr.isatty()
+        and (hint := _busy_cores_hint(args.threads))
+    ):
+        print(hint, file=sys.stderr)
     try:
         return args.func(args)
     except SoundwatchError as exc:

@@ -40,8 +40,9 @@ _SPLIT_FOLDERS = {
     "target_test": ("test", "target"),
 }
 
-# DCASE 2020 development: normal_id_00_00000000, anomaly_id_00_00000000
-_DCASE2020_DEV = re.compile(r"^(normal|anomaly|abnormal)_id_(\d+)_(\d+)$", re.IGNORECASE)
+# DCASE 2020 development: normal_id_00_00000000, anomaly_id_00_00000000[_tag...]
+# (soundwatch synth --sessions appends _sessionNN)
+_DCASE2020_DEV = re.compile(r"^(normal|anomaly|abnormal)_id_(\d+)_(\d+)(?:_.*)?$", re.IGNORECASE)
 # DCASE 2020 evaluation (unlabelled): id_01_00000000
 _DCASE2020_EVAL = re.compile(r"^id_(\d+)_(\d+)$", re.IGNORECASE)
 # DCASE 2021+: section_00_source_test_normal_0001[_attributes...], and the unlabelled

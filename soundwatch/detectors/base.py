@@ -20,6 +20,8 @@ from typing import Any, ClassVar
 import numpy as np
 
 from soundwatch.data.clips import ANOMALY, Clip, summarize
+from soundwatch.data.inputs import as_clips, audio_summary, machine_type_of
+from soundwatch.detectors.calibration import group_folds, recording_groups
 from soundwatch.detectors.modelfile import read_model_file, write_model_file
 from soundwatch.detectors.params import Param
 from soundwatch.errors import ConfigError, ModelFileError, SoundwatchError
@@ -33,6 +35,8 @@ from soundwatch.thresholds import (
 
 #: Key of clips without a machine ID wherever clips are grouped by ID (splits, models).
 NO_ID = ""
+# Fewest training clips for cross-fitted calibration; fewer fall back to the held-out split.
+MIN_CLIPS_CROSS_FIT = 4
 
 COMMON_PARAMS: dict[str, Param] = {
     "seed": Param(0, "random seed for splits, initialisation and shuffling"),
@@ -50,6 +54,20 @@ COMMON_PARAMS: dict[str, Param] = {
     ),
     "threshold_quantile": Param(0.9, "quantile of a bare threshold=gamma", low=0.5, high=0.9999),
     "per_id": Param(False, "fit one model per machine ID instead of one per machine type"),
+    "calibration": Param(
+        "auto",
+        "normal scores the threshold is fitted on: cross-fit (out-of-fold scores of every "
+        "training normal, folds by recording group), held-out (validation_fraction of the "
+        "training normals) or auto (cross-fit where the detector refits cheaply)",
+        choices=("auto", "cross-fit", "held-out"),
+    ),
+    "calibration_folds": Param(5, "folds of cross-fitted calibration", low=2),
+    "group_by": Param(
+        "auto",
+        "recording groups kept within one cross-fit fold: auto (a sessionNN tag in the "
+        "file names, else folders), session, folder, clip (each clip its own group), or a "
+        "regular expression whose first group names the group in a file name",
+    ),
 }
 
 
@@ -74,6 +92,51 @@ def holdout_split(
         held_out += [group[i] for i in sorted(order[:n_held])]
         train += [group[i] for i in sorted(order[n_held:])]
     return train, held_out
+
+
+def check_calibration_clips(name: str, clips: Sequence[Clip]) -> list[Clip]:
+    """The calibration clips as a list; refuses none or anomalous ones."""
+    clips = list(clips)
+    if not clips:
+        raise ConfigError(f"{name}: no calibration clips")
+    anomalous = [c for c in clips if c.label == ANOMALY]
+    if anomalous:
+        raise ConfigError(
+            f"{name}: calibration clips must be normal, got {len(anomalous)} anomalous "
+            f"clips, e.g. {Path(anomalous[0].path).name}"
+        )
+    return clips
+
+
+def calibration_description(
+    source: str | None,
+    n_clips: int,
+    *,
+    folds: int | None = None,
+    group_by: str | None = None,
+    n_groups: int | None = None,
+    reason: str = "validation_fraction=0",
+) -> str:
+    """What the threshold was fitted on, to follow "threshold fitted on"."""
+    if source == "cross-fit":
+        split = "split by clip" if group_by == "clip" else f"split by {group_by}, {n_groups} groups"
+        return (
+            f"cross-fitted out-of-fold scores of all {n_clips} training normals ({folds} "
+            f"folds {split}); the model itself is fitted on all of them"
+        )
+    if source == "held-out":
+        return (
+            f"scores of {n_clips} training normals held out at random, from the same "
+            "recordings as the rest (not cross-fitted: costly to refit, or "
+            "calibration=held-out); --calibrate-on DIR fits it on separate recordings"
+        )
+    if source == "training":
+        return (
+            f"training scores ({reason}): the scores of the {n_clips} clips "
+            "the model was trained on, which are lower than those of new recordings; "
+            "expect many false alarms"
+        )
+    return f"scores of {n_clips} separately recorded normal clips ({source})"
 
 
 class Detector(ABC):
@@ -104,6 +167,8 @@ class Detector(ABC):
     name: ClassVar[str] = ""
     summary: ClassVar[str] = ""
     params: ClassVar[dict[str, Param]] = {}
+    #: Whether refitting is cheap enough that ``calibration=auto`` cross-fits.
+    cross_fit_calibration: ClassVar[bool] = False
 
     def __init__(self, **params: Any) -> None:
         spec = self.param_spec()
@@ -121,6 +186,7 @@ class Detector(ABC):
         self.thresholds_: dict[str, float] | None = None
         self.calibration_scores_: dict[str, np.ndarray] = {}
         self.calibration_source_: str | None = None
+        self.calibration_info_: dict = {}
         self.history_: dict = {}
         self.fit_info_: dict = {}
         self._members: dict[str, Detector] | None = None
@@ -170,14 +236,21 @@ class Detector(ABC):
         return None
 
     # ----------------------------------------------------------------- contract
-    def fit(self, clips: Sequence[Clip]) -> Detector:
+    def fit(
+        self, clips: Sequence[Clip], calibration_clips: Sequence[Clip] | None = None
+    ) -> Detector:
         """Fit on normal training clips.
 
         Parameters
         ----------
         clips : sequence of Clip, length n_clips
-            Normal (or unlabelled) recordings. A ``validation_fraction`` of them, per
-            machine ID, is held out for validation and to calibrate the threshold.
+            Normal (or unlabelled) recordings. Unless ``calibration_clips`` are given,
+            the threshold is fitted on cross-fitted out-of-fold scores of all of them
+            (``calibration`` ``cross-fit``, or ``auto`` for detectors that refit
+            cheaply; the model is then fitted on all clips), or on a held-out
+            ``validation_fraction`` of them per machine ID.
+        calibration_clips : sequence of Clip, optional
+            Separately recorded normal clips that only set the threshold.
 
         Returns
         -------
@@ -191,16 +264,72 @@ class Detector(ABC):
             raise ConfigError(
                 f"{self.name}: training clips must be normal, got {n_anomalous} anomalous clips"
             )
+        if calibration_clips is not None:
+            check_calibration_clips(self.name, calibration_clips)
+        start = time.perf_counter()
+        # Every fold model needs clips to fit; a handful of clips calibrate as before.
+        cross_fit = (
+            calibration_clips is None and self.uses_cross_fit and len(clips) >= MIN_CLIPS_CROSS_FIT
+        )
+        if cross_fit:
+            out_of_fold = self._cross_fit_scores(clips)
+            train, valid = clips, []
+        elif self.uses_cross_fit:  # calibration clips: nothing to hold out
+            train, valid = clips, []
+        else:
+            train, valid = holdout_split(clips, self.validation_fraction, self.seed)
+        self._fit_models(train, valid)
+        if calibration_clips is not None:
+            self.calibrate(calibration_clips)
+        elif cross_fit:
+            self._set_calibration(clips, out_of_fold)
+            self.calibration_source_ = "cross-fit"
+            self.thresholds_ = self._fit_thresholds()
+        else:
+            calibration = valid or train
+            self._set_calibration(calibration, self.score(calibration))
+            self.calibration_source_ = "held-out" if valid else "training"
+            self.calibration_info_ = {
+                "source": self.calibration_source_,
+                "n_clips": len(calibration),
+                "description": calibration_description(
+                    self.calibration_source_,
+                    len(calibration),
+                    reason="validation_fraction=0"
+                    if self.validation_fraction == 0
+                    else "too few clips to hold any out",
+                ),
+            }
+            self.thresholds_ = self._fit_thresholds()
+        self.fit_info_ = {
+            "fit_seconds": time.perf_counter() - start,
+            "n_train": len(train),
+            "n_validation": len(valid),
+            "training_data": summarize(clips),
+            "calibration": self.calibration_info_,
+            # What scoring checks new clips against (soundwatch.runtime).
+            "machine_type": machine_type_of(clips),
+            "audio": audio_summary(clips),
+        }
+        return self
+
+    @property
+    def uses_cross_fit(self) -> bool:
+        """Whether :meth:`fit` cross-fits the threshold's calibration scores."""
+        if self.calibration == "auto":
+            return self.cross_fit_calibration
+        return self.calibration == "cross-fit"
+
+    def _fit_models(self, train: list[Clip], valid: list[Clip]) -> None:
+        """Fit the model (one per machine ID with ``per_id``); thresholds untouched."""
         # Imported here: the training loop imports torch, which loading and scoring a
         # non-neural detector never need.
         from soundwatch.training.loop import seed_everything
 
-        start = time.perf_counter()
-        train, valid = holdout_split(clips, self.validation_fraction, self.seed)
         seed_everything(self.seed)
         if self.per_id:
             self._members = {}
-            for machine_id in sorted({id_key(c) for c in clips}):
+            for machine_id in sorted({id_key(c) for c in train}):
                 member = type(self)(**{**self.get_params(), "per_id": False})
                 seed_everything(self.seed)
                 member._fit(
@@ -211,30 +340,77 @@ class Detector(ABC):
         else:
             self._fit(train, valid)
         self._fitted = True
-        calibration = valid or train
-        self._set_calibration(calibration, self.score(calibration))
-        self.calibration_source_ = "held-out" if valid else "training"
-        self.thresholds_ = self._fit_thresholds()
-        self.fit_info_ = {
-            "fit_seconds": time.perf_counter() - start,
-            "n_train": len(train),
-            "n_validation": len(valid),
-            "training_data": summarize(clips),
+
+    def _cross_fit_scores(self, clips: list[Clip]) -> np.ndarray:
+        """Out-of-fold score of every clip from a model fitted without its recording group;
+        records how in ``calibration_info_``."""
+        groups, how = recording_groups(clips, self.group_by)
+        folds, n_folds = group_folds(clips, groups, self.calibration_folds, self.seed)
+        scores = np.empty(len(clips))
+        for fold in range(n_folds):
+            held = [i for i in range(len(clips)) if folds[i] == fold]
+            if not held:
+                continue
+            model = type(self)(**self.get_params())
+            model._fit_models([c for i, c in enumerate(clips) if folds[i] != fold], [])
+            scores[held] = model.score([clips[i] for i in held])
+        n_groups = len(set(groups))
+        self.calibration_info_ = {
+            "source": "cross-fit",
+            "n_clips": len(clips),
+            "folds": n_folds,
+            "group_by": how,
+            "n_groups": n_groups,
+            "description": calibration_description(
+                "cross-fit", len(clips), folds=n_folds, group_by=how, n_groups=n_groups
+            ),
         }
+        return scores
+
+    def calibrate(self, clips: Sequence[Clip], source: str = "calibrate-on") -> Detector:
+        """Refit the thresholds on scores of separately recorded normal clips.
+
+        Parameters
+        ----------
+        clips : sequence of Clip
+            Normal recordings not used for training (e.g. ``--calibrate-on DIR``).
+        source : str
+            How they are named in the model file and the report.
+
+        Returns
+        -------
+        self
+        """
+        if not self._fitted:
+            raise ConfigError(f"{self.name}: detector is not fitted; call fit() first")
+        clips = check_calibration_clips(self.name, clips)
+        self._set_calibration(clips, self.score(clips))
+        self.calibration_source_ = source
+        self.calibration_info_ = {
+            "source": source,
+            "n_clips": len(clips),
+            "description": calibration_description(source, len(clips)),
+        }
+        self.thresholds_ = self._fit_thresholds()
+        if self.fit_info_:
+            self.fit_info_["calibration"] = self.calibration_info_
         return self
 
-    def score(self, clips: Sequence[Clip]) -> np.ndarray:
+    def score(self, clips: Sequence[Clip] | str | Path) -> np.ndarray:
         """Anomaly scores.
 
         Parameters
         ----------
-        clips : sequence of Clip, length n_clips
+        clips : sequence of Clip, paths or folders, or one path or folder
+            Folders are searched recursively (see
+            :func:`~soundwatch.data.datasets.collect_audio`); n_clips is the number of
+            clips found.
 
         Returns
         -------
         scores : ndarray of shape (n_clips,), float64; higher means more anomalous
         """
-        clips = list(clips)
+        clips = as_clips(clips)
         if not self._fitted:
             raise ConfigError(f"{self.name}: detector is not fitted; call fit() first")
         if not clips:
@@ -248,6 +424,25 @@ class Detector(ABC):
                 f"{self.name}: produced non-finite scores; the model may have diverged"
             )
         return scores
+
+    def score_waveform(self, y: np.ndarray, sr: int) -> float:
+        """Anomaly score of one waveform held in memory.
+
+        Parameters
+        ----------
+        y : ndarray of shape (n_samples,) or (n_samples, n_channels)
+            The signal, values nominally in [-1, 1].
+        sr : int
+            Its sample rate in Hz; it is resampled like a file would be.
+
+        Returns
+        -------
+        score : float
+        """
+        from soundwatch.data.inputs import waveform_clip
+
+        with waveform_clip(y, sr) as clip:
+            return float(self.score([clip])[0])
 
     def _score_members(self, clips: list[Clip]) -> np.ndarray:
         """Route clips to their machine ID's model; clips of an unseen ID get the lowest
@@ -350,8 +545,20 @@ class Detector(ABC):
             raise ConfigError(f"{self.name}: detector is not fitted")
         return self.thresholds_.get(machine_id or POOLED, self.thresholds_[POOLED])
 
-    def decide(self, clips: Sequence[Clip], scores: np.ndarray) -> np.ndarray:
+    def threshold_source(self, machine_id: str | None) -> str:
+        """Which threshold :meth:`threshold_for` uses, in words: ``machine ID 00``,
+        ``pooled`` (clip without ID) or ``pooled (no threshold for ID 06)``."""
+        if self.thresholds_ is None:
+            raise ConfigError(f"{self.name}: detector is not fitted")
+        if machine_id and machine_id in self.thresholds_:
+            return f"machine ID {machine_id}"
+        if machine_id:
+            return f"pooled (no threshold for ID {machine_id})"
+        return "pooled"
+
+    def decide(self, clips: Sequence[Clip] | str | Path, scores: np.ndarray) -> np.ndarray:
         """Decisions (1 = anomalous) of shape (n_clips,) at the fitted thresholds."""
+        clips = as_clips(clips)
         limits = np.array([self.threshold_for(c.machine_id) for c in clips])
         return (np.asarray(scores) > limits).astype(int)
 
@@ -419,6 +626,7 @@ class Detector(ABC):
         meta["values"] = self.thresholds_
         meta["calibration"] = {
             "source": self.calibration_source_,
+            **{k: v for k, v in self.calibration_info_.items() if k != "source"},
             "min_clips_per_id": MIN_CLIPS_PER_ID,
             "scores": {k: v.tolist() for k, v in self.calibration_scores_.items()},
         }
@@ -446,6 +654,9 @@ class Detector(ABC):
                 for k, v in (calibration.get("scores") or {}).items()
             }
             detector.calibration_source_ = calibration.get("source")
+            detector.calibration_info_ = {
+                k: v for k, v in calibration.items() if k not in ("scores", "min_clips_per_id")
+            }
             detector.history_ = metadata.get("history", {})
             detector.fit_info_ = metadata.get("fit_info", {})
         except (KeyError, TypeError, ValueError, RuntimeError) as exc:

@@ -86,6 +86,8 @@ class EmbeddingDetector(Detector):
 
     name = "embedding"
     params = EMBEDDING_PARAMS
+    # Frame embeddings are cached, so a refit costs only the scorer's fit.
+    cross_fit_calibration = True
 
     def __init__(self, **params: Any) -> None:
         super().__init__(**params)

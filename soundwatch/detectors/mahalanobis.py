@@ -31,6 +31,7 @@ class LogMelMahalanobis(LogMelFrontend, Detector):
     """
 
     name = "logmel-mahalanobis"
+    cross_fit_calibration = True
     params = {
         **LOGMEL_PARAMS,
         "per_id": Param(True, "fit one Gaussian per machine ID instead of one per type"),

@@ -2,11 +2,14 @@
 
 One file holds everything needed to score with a trained detector. Loading never
 unpickles anything: safetensors stores raw little-endian arrays, and the metadata is a
-JSON string under the ``soundwatch`` key of the header.
+JSON string under the ``soundwatch`` key of the header. The header also holds a digest
+of each metadata field (``integrity``), so that a hand-edited field is refused by name
+on loading instead of failing later with a confusing message.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -23,6 +26,39 @@ MODEL_FORMAT = "soundwatch-model"
 # reader, or an older file can no longer be read by this one.
 MODEL_FORMAT_VERSION = 1
 MODEL_SUFFIX = ".safetensors"
+# Top-level metadata fields whose items are digested one by one (so an error can name
+# e.g. ``params.n_mels``); other fields are digested whole.
+_ITEMIZED_FIELDS = ("params", "state", "threshold", "fit_info")
+
+
+def _digest(value: object) -> str:
+    text = json.dumps(value, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def metadata_digests(metadata: dict) -> dict[str, str]:
+    """Digest of every metadata field, e.g. ``{"detector": ..., "params.n_mels": ...}``."""
+    digests = {}
+    for key, value in metadata.items():
+        if key == "integrity":
+            continue
+        if key in _ITEMIZED_FIELDS and isinstance(value, dict):
+            digests.update({f"{key}.{k}": _digest(v) for k, v in value.items()})
+        digests[key] = _digest(value)
+    return digests
+
+
+def edited_fields(metadata: dict) -> list[str]:
+    """Fields whose digest no longer matches the one written with the file, most
+    specific first; empty for an untouched file or one written without digests."""
+    stored = metadata.get("integrity")
+    if not isinstance(stored, dict):
+        return []
+    current = metadata_digests(metadata)
+    changed = sorted(k for k in stored.keys() | current.keys() if stored.get(k) != current.get(k))
+    specific = [k for k in changed if "." in k]
+    covered = {k.split(".", 1)[0] for k in specific}
+    return specific + [k for k in changed if "." not in k and k not in covered]
 
 
 def write_model_file(path: Path, tensors: dict[str, np.ndarray], metadata: dict) -> None:
@@ -33,6 +69,7 @@ def write_model_file(path: Path, tensors: dict[str, np.ndarray], metadata: dict)
         "soundwatch_version": __version__,
         **metadata,
     }
+    header["integrity"] = metadata_digests(header)
     arrays = {k: np.ascontiguousarray(v) for k, v in tensors.items()}
     with atomic_path(path) as tmp:
         save_file(arrays, str(tmp), metadata={"soundwatch": json.dumps(header)})
@@ -63,5 +100,11 @@ def read_model_file(path: Path) -> tuple[dict[str, np.ndarray], dict]:
             f"{path} was written by soundwatch {metadata.get('soundwatch_version', '?')} in "
             f"model format {version}; this soundwatch {__version__} reads format "
             f"{MODEL_FORMAT_VERSION}: retrain the model with this version"
+        )
+    edited = edited_fields(metadata)
+    if edited:
+        raise ModelFileError(
+            f"{path}: metadata field {edited[0]} was changed after the model was written "
+            "(its digest does not match); restore the file or retrain the model"
         )
     return tensors, metadata

@@ -2,8 +2,11 @@
 
 Each detector runs ``soundwatch evaluate`` in its own process, so its peak memory is its
 own and a crash in one detector does not lose the others' results. A detector whose
-folder already holds a ``result.json`` is not run again (delete the folder or pass
-``overwrite`` to rerun it), so an interrupted bench resumes where it stopped.
+folder holds a ``result.json`` with the same fingerprint (detector, parameters, data
+files, soundwatch version; see :mod:`soundwatch.evaluation.fingerprint`) is skipped, so
+an interrupted bench resumes where it stopped; one with another fingerprint is rerun.
+The leaderboard has a row for every result folder under the bench folder, and its
+``settings`` column says which rows were run with other settings than this bench's.
 """
 
 from __future__ import annotations
@@ -14,10 +17,14 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from soundwatch.detectors.registry import get, names
+from soundwatch.detectors.registry import create, get, names
 from soundwatch.errors import ConfigError
+from soundwatch.evaluation.fingerprint import differences, fingerprint
 from soundwatch.evaluation.protocol import RESULT_FILE
-from soundwatch.fileio import atomic_write_text
+from soundwatch.fileio import atomic_write_text, check_writable
+
+# The ``settings`` column: this bench's settings, or how a row's differ.
+SAME_SETTINGS = "same"
 
 COLUMNS = [
     "rank",
@@ -29,6 +36,7 @@ COLUMNS = [
     "fit_seconds",
     "score_seconds",
     "peak_memory_mb",
+    "settings",
 ]
 
 
@@ -63,13 +71,45 @@ def split_params(assignments: dict[str, str], detectors: Sequence[str]) -> dict[
     return per_detector
 
 
+def _read_result(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def expected_fingerprint(root: Path, machine_type: str, name: str, params: dict) -> dict:
+    """The fingerprint ``evaluate`` will store for ``name`` with ``params``."""
+    return fingerprint(root, machine_type, name, create(name, **params).get_params())
+
+
 def run_one(
-    root: Path, machine_type: str, name: str, params: dict, out_dir: Path, overwrite: bool
-) -> dict:
-    """Evaluate one detector in a child process; returns its result or an error record."""
+    root: Path,
+    machine_type: str,
+    name: str,
+    params: dict,
+    out_dir: Path,
+    overwrite: bool,
+    expected: dict | None = None,
+) -> tuple[dict, str]:
+    """Evaluate one detector in a child process, unless ``out_dir`` holds a result with
+    the ``expected`` fingerprint.
+
+    Returns
+    -------
+    result : dict
+        Its result, or an error record.
+    status : str
+        ``skipped (same settings)``, ``ran``, ``reran (settings changed: ...)`` or
+        ``failed``.
+    """
     result_path = out_dir / RESULT_FILE
-    if result_path.is_file() and not overwrite:
-        return json.loads(result_path.read_text())
+    old = _read_result(result_path) if result_path.is_file() else None
+    changed = differences(old.get("fingerprint"), expected) if old and expected else []
+    if old is not None and not overwrite and not changed:
+        return old, "skipped (same settings)"
+    status = f"reran (settings changed: {', '.join(changed)})" if old and changed else "ran"
+    overwrite = overwrite or old is not None
     command = [
         sys.executable,
         "-m",
@@ -88,9 +128,32 @@ def run_one(
     if overwrite:
         command.append("--overwrite")
     completed = subprocess.run(command, stdout=subprocess.PIPE, stderr=None, text=True)
-    if completed.returncode != 0 or not result_path.is_file():
-        return {"detector": name, "error": f"exit status {completed.returncode}"}
-    return json.loads(result_path.read_text())
+    result = _read_result(result_path) if completed.returncode == 0 else None
+    if result is None:
+        return {"detector": name, "error": f"exit status {completed.returncode}"}, "failed"
+    return result, status
+
+
+def collect_results(out_dir: Path) -> dict[str, dict]:
+    """Every result under a bench folder (``OUT/<folder>/result.json``), by folder name."""
+    found = {}
+    for path in sorted(Path(out_dir).glob(f"*/{RESULT_FILE}")):
+        result = _read_result(path)
+        if result is not None and result.get("detector"):
+            found[path.parent.name] = result
+    return found
+
+
+def settings_note(result: dict, expected: dict | None) -> str:
+    """``same`` when ``result`` has the ``expected`` fingerprint, else how it differs;
+    for a folder this bench did not run, how its data and version differ (if at all)."""
+    if result.get("error"):
+        return ""
+    stored = result.get("fingerprint")
+    if expected is None:  # a folder of a detector not chosen this time
+        return "not in this bench" + (" (no fingerprint)" if not stored else "")
+    changed = differences(stored, expected)
+    return SAME_SETTINGS if not changed else "differs: " + "; ".join(changed)
 
 
 def rank(results: list[dict]) -> list[dict]:
@@ -98,6 +161,7 @@ def rank(results: list[dict]) -> list[dict]:
     rows = []
     for result in results:
         row = {key: result.get(key) for key in COLUMNS[1:]}
+        row["detector"] = result.get("bench_name") or result.get("detector")
         row["error"] = result.get("error")
         for entry in result.get("per_id", []):
             row[f"auc_id_{entry['id']}"] = entry["auc"]
@@ -155,19 +219,63 @@ def bench(
     *,
     overwrite: bool = False,
 ) -> list[dict]:
-    """Evaluate every detector into ``out_dir/<detector>/`` and write the leaderboard."""
+    """Evaluate every detector into ``out_dir/<detector>/`` and write the leaderboard.
+
+    Prints one line per detector on stderr as it finishes: its fit time, or that it
+    was skipped because its folder holds results of the same settings. The leaderboard
+    has a row for every result folder under ``out_dir`` (see :func:`settings_note`).
+    """
     out_dir = Path(out_dir)
+    check_writable(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    results = []
+    root = Path(root)
+    expected = {
+        name: expected_fingerprint(root, machine_type, name, params.get(name, {}))
+        for name in detectors
+    }
+    fresh: dict[str, dict] = {}
+    rows: list[dict] = []
     for i, name in enumerate(detectors, 1):
-        print(f"[{i}/{len(detectors)}] {name}", file=sys.stderr, flush=True)
-        results.append(
-            run_one(Path(root), machine_type, name, params.get(name, {}), out_dir / name, overwrite)
+        result, status = run_one(
+            root,
+            machine_type,
+            name,
+            params.get(name, {}),
+            out_dir / name,
+            overwrite,
+            expected[name],
         )
+        fresh[name] = result
+        print(f"[{i}/{len(detectors)}] {name}: {_outcome(result, status)}", file=sys.stderr)
         # Rewrite after each detector so a long bench shows (and keeps) partial results.
-        rows = rank(results)
+        rows = _board(out_dir, fresh, expected)
         write_leaderboard(out_dir, machine_type, rows)
     return rows
+
+
+def _outcome(result: dict, status: str) -> str:
+    if result.get("error"):
+        return f"failed ({result['error']})"
+    auc = result.get("mean_auc")
+    text = f"mean AUC {auc:.4f}, " if isinstance(auc, float) else ""
+    text += f"fit {result.get('fit_seconds') or 0:.1f} s"
+    return f"{status}; {text}" if status != "ran" else text
+
+
+def _board(out_dir: Path, fresh: dict[str, dict], expected: dict[str, dict]) -> list[dict]:
+    """Rows of every result folder under ``out_dir`` (this bench's own results, failed
+    ones included, taking precedence), each with its ``settings`` note."""
+    results = {**collect_results(out_dir), **fresh}
+    rows = []
+    for folder, result in results.items():
+        rows.append(
+            {
+                **result,
+                "bench_name": folder,
+                "settings": settings_note(result, expected.get(folder)),
+            }
+        )
+    return rank(rows)
 
 
 def format_leaderboard(rows: list[dict]) -> str:
@@ -184,5 +292,6 @@ def format_leaderboard(rows: list[dict]) -> str:
             f"{r['rank']:>2}  {r['detector']:<24} {_fmt(r['mean_auc']):>7} "
             f"{_fmt(r['mean_pauc']):>7} {r['fit_seconds']:>8.1f} "
             f"{r['score_seconds']:>8.1f} {r['peak_memory_mb'] or 0:>8.0f}"
+            + (f"  [{r['settings']}]" if r.get("settings") not in (None, SAME_SETTINGS) else "")
         )
     return "\n".join(lines)

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import resource
+import shutil
 import sys
+import tempfile
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,9 +18,12 @@ from soundwatch.data.datasets import discover
 from soundwatch.data.manifest import anomaly_kinds
 from soundwatch.detectors.base import Detector
 from soundwatch.detectors.modelfile import MODEL_SUFFIX
-from soundwatch.errors import DatasetError
+from soundwatch.errors import ConfigError, DatasetError
+from soundwatch.evaluation.decisions import decision_summary
+from soundwatch.evaluation.fingerprint import fingerprint
 from soundwatch.evaluation.metrics import evaluate_by_kind
 from soundwatch.evaluation.submission import write_submission
+from soundwatch.fileio import _umask, check_writable
 
 RESULT_FILE = "result.json"
 MODEL_FILE = "model" + MODEL_SUFFIX
@@ -51,8 +58,22 @@ def peak_memory_mb() -> float:
 
 def training_clips(root: Path, machine_type: str | None) -> list[Clip]:
     """Normal training clips of a data set: its ``train`` split, or every clip when the
-    layout has no split (a plain folder of normal recordings)."""
+    layout has no split (a plain folder of normal recordings).
+
+    Raises
+    ------
+    ConfigError
+        ``machine_type`` is None and the data holds several machine types: one model
+        must never pool, say, slider ID 00 and fan ID 00.
+    """
     clips = discover(root, machine_type)
+    if machine_type is None:
+        types = sorted({c.machine_type for c in clips if c.machine_type})
+        if len(types) > 1:
+            raise ConfigError(
+                f"{root} holds several machine types ({', '.join(types)}); "
+                "choose one with --machine"
+            )
     train = [c for c in clips if c.split == "train"]
     if not train and all(c.split is None for c in clips):
         train = clips
@@ -78,17 +99,60 @@ def _relative(path: Path, root: Path) -> str:
 
 
 def check_out_dir(out_dir: Path, overwrite: bool) -> None:
-    """Refuse to write into a folder that already holds results, unless told to."""
+    """Refuse, before training, a folder that already holds results (unless told to
+    overwrite) or that cannot be written."""
     if out_dir.exists() and not out_dir.is_dir():
         raise DatasetError(f"output path {out_dir} exists and is not a folder")
     if (out_dir / RESULT_FILE).exists() and not overwrite:
         raise DatasetError(
             f"{out_dir} already holds results; choose another --out or pass --overwrite"
         )
+    check_writable(out_dir)
+    check_writable(out_dir.parent)  # the new run is written beside it, then swapped in
+
+
+@contextlib.contextmanager
+def fresh_folder(out_dir: Path) -> Iterator[Path]:
+    """Yield a temporary sibling of ``out_dir`` to write a whole run into; on success it
+    replaces ``out_dir`` (so no file of an earlier run survives beside the new ones),
+    on failure it is removed and ``out_dir`` is left as it was.
+
+    A folder that exists without results (e.g. one the user made, holding their own
+    files) is written into directly instead, so nothing of theirs is removed.
+    """
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not (out_dir / RESULT_FILE).exists():
+        yield out_dir
+        return
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    new = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.new-"))
+    try:
+        yield new
+    except BaseException:
+        shutil.rmtree(new, ignore_errors=True)
+        raise
+    os.chmod(new, 0o777 & ~_umask())
+    if out_dir.exists():
+        old = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.old-"))
+        os.replace(out_dir, old / "run")
+        try:
+            os.replace(new, out_dir)
+        except BaseException:
+            os.replace(old / "run", out_dir)
+            raise
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(new, out_dir)
 
 
 def evaluate(
-    root: Path, machine_type: str, detector: Detector, out_dir: Path, *, overwrite: bool = False
+    root: Path,
+    machine_type: str,
+    detector: Detector,
+    out_dir: Path,
+    *,
+    overwrite: bool = False,
+    calibration_clips: list[Clip] | None = None,
+    progress: Callable[[str], None] | None = None,
 ) -> Evaluation:
     """Fit ``detector`` on the training normals, score the test clips, write the DCASE files.
 
@@ -100,23 +164,63 @@ def evaluate(
     and, so that ``soundwatch report`` can find the audio, ``data_root`` (absolute) and
     ``test_files`` (paths relative to it, in scoring order), and ``per_kind``: mean AUC
     and pAUC of each anomaly kind of a synthetic data set (see
-    :func:`~soundwatch.evaluation.metrics.evaluate_by_kind`; empty for real data).
+    :func:`~soundwatch.evaluation.metrics.evaluate_by_kind`; empty for real data), and
+    ``fingerprint``: the settings that determine the result (see
+    :func:`~soundwatch.evaluation.fingerprint.fingerprint`), ``calibration`` (what the
+    threshold was fitted on) and the entries of
+    :func:`~soundwatch.evaluation.decisions.decision_summary` (decision metrics, drift).
+    ``calibration_clips`` are separate normal recordings that only set the threshold.
+
+    The run is written to a temporary sibling folder that replaces ``out_dir`` when it
+    is complete (see :func:`fresh_folder`), so an overwritten folder holds no file of
+    the earlier run, and a failed run leaves the earlier one intact. ``progress``, when
+    given, is called with one line per step once the inputs have been checked.
     """
     out_dir = Path(out_dir)
     check_out_dir(out_dir, overwrite)
     train = training_clips(root, machine_type)
     test = discover(root, machine_type, split="test")
+    settings = fingerprint(root, machine_type, detector.name, detector.get_params())
+    step = progress or (lambda message: None)
+    step(f"training {detector.name} on {len(train)} {machine_type} clips")
     start = time.perf_counter()
-    detector.fit(train)
+    detector.fit(train, calibration_clips)
     fit_seconds = time.perf_counter() - start
+    step(f"scoring {len(test)} test clips")
     start = time.perf_counter()
     scores = detector.score(test)
     score_seconds = time.perf_counter() - start
-    out_dir.mkdir(parents=True, exist_ok=True)
-    method = detector.threshold_method
     data_root = Path(os.path.abspath(root))
+    with fresh_folder(out_dir) as folder:
+        result = _write_run(
+            folder,
+            machine_type,
+            detector,
+            test,
+            scores,
+            fit_seconds,
+            score_seconds,
+            data_root,
+            settings,
+        )
+    return Evaluation(result=result, out_dir=out_dir, detector=detector)
+
+
+def _write_run(
+    folder: Path,
+    machine_type: str,
+    detector: Detector,
+    test: list[Clip],
+    scores,
+    fit_seconds: float,
+    score_seconds: float,
+    data_root: Path,
+    settings: dict,
+) -> dict:
+    """Write the DCASE files, ``result.json`` and the model of one run into ``folder``."""
+    method = detector.threshold_method
     result = write_submission(
-        out_dir,
+        folder,
         machine_type,
         detector.name,
         test,
@@ -134,7 +238,11 @@ def evaluate(
             "data_root": str(data_root),
             "test_files": [_relative(c.path, data_root) for c in test],
             "per_kind": evaluate_by_kind(test, scores, anomaly_kinds(test)),
+            "fingerprint": settings,
+            # what the threshold was fitted on; precision, recall, FPR; drift check
+            "calibration": detector.calibration_info_,
+            **decision_summary(test, scores, detector.thresholds_, method),
         },
     )
-    detector.save(out_dir / MODEL_FILE, overwrite=True)
-    return Evaluation(result=result, out_dir=out_dir, detector=detector)
+    detector.save(folder / MODEL_FILE, overwrite=True)
+    return result

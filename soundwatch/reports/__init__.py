@@ -1,7 +1,7 @@
 """Reports of evaluation results: one self-contained HTML page per results folder.
 
 Decision metrics and the oracle operating points (best F1, Youden's J) come from
-:mod:`soundwatch.evaluation.decision_metrics`.
+:mod:`soundwatch.evaluation.decisions`.
 
 - :mod:`~soundwatch.reports.data` reads ``evaluate`` and ``bench`` folders;
 - :mod:`~soundwatch.reports.plots` draws the figures (matplotlib, Agg canvas);

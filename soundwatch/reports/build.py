@@ -29,12 +29,14 @@ from pathlib import Path
 
 import numpy as np
 
+from soundwatch.detectors.base import calibration_description
 from soundwatch.errors import ConfigError, SoundwatchError
-from soundwatch.evaluation.decision_metrics import (
+from soundwatch.evaluation.decisions import (
     BinaryMetrics,
     best_f1_threshold,
     binary_metrics,
     metrics_at,
+    unusable_decisions,
     youden_threshold,
 )
 from soundwatch.evaluation.protocol import RESULT_FILE
@@ -142,17 +144,42 @@ def _pooled(run: RunData, thresholds: Callable[[IdScores], float]) -> BinaryMetr
     return total
 
 
+def _calibration_text(run: RunData, n_calibration: int) -> str:
+    """What the threshold was fitted on, in words."""
+    info = run.result.get("calibration") or (run.model_meta.get("threshold") or {}).get(
+        "calibration"
+    )
+    if info and info.get("description"):
+        return str(info["description"])
+    if not n_calibration:
+        return "held-out normal training clips (their scores are not in this model file)"
+    if run.calibration_source == "training":
+        return calibration_description("training", n_calibration)
+    return f"{n_calibration} {run.calibration_source or 'held-out'} normal training clips"
+
+
+def _decision_warnings(run: RunData, n_calibration: int) -> list[str]:
+    """Sentences for the overview when the decisions cannot be trusted as they stand."""
+    warnings = []
+    if run.calibration_source == "training":
+        warnings.append(
+            f"The threshold was fitted on {_calibration_text(run, n_calibration)}, so it "
+            "flags too many normal clips. Use a validation_fraction above 0, more training "
+            "clips or --calibrate-on DIR."
+        )
+    unusable = unusable_decisions(run.result)
+    if unusable:
+        warnings.append(unusable)
+    return warnings
+
+
 # ----------------------------------------------------------------------------- sections
 def _overview(page: _Page, run: RunData, level: int, anchor: str) -> None:
     page.heading(OVERVIEW, level, anchor)
     result = run.result
     calibration = run.calibration_scores
     n_calibration = sum(len(v) for v in calibration.values())
-    calibration_text = (
-        f"{n_calibration} {run.calibration_source or 'held-out'} normal training clips"
-        if calibration
-        else "held-out normal training clips (their scores are not in this model file)"
-    )
+    calibration_text = _calibration_text(run, n_calibration)
     rows = [
         ("machine type", run.machine_type),
         ("detector", run.detector),
@@ -171,6 +198,8 @@ def _overview(page: _Page, run: RunData, level: int, anchor: str) -> None:
         ("results folder", str(run.folder)),
     ]
     page.add(h.table([], rows))
+    for warning in _decision_warnings(run, n_calibration):
+        page.add(h.paragraph(warning, "warning"))
     params = result.get("params") or run.model_meta.get("params") or {}
     if params:
         page.add(

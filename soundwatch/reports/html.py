@@ -26,6 +26,7 @@ h3 { font-size: 17px; margin: 28px 0 8px; }
 h4 { font-size: 15px; margin: 0 0 6px; }
 p.lead { color: #555; margin-top: 0; }
 .note { color: #666; font-size: 13px; }
+.warning { background: #fdecea; border-left: 4px solid #c0392b; padding: 6px 10px; }
 .oracle td { background: #fbf4e6; font-style: italic; }
 .used td:first-child { font-weight: 600; }
 table { border-collapse: collapse; margin: 8px 0 14px; font-size: 13.5px; }

@@ -30,6 +30,8 @@ class Inspection:
         1 (anomalous) when ``score > threshold``, else 0.
     method : str
         The threshold method spec, e.g. ``gamma:0.9``.
+    threshold_source : str
+        ``machine ID 00``, ``pooled`` or ``pooled (no threshold for ID 06)``.
     has_map : bool
         Whether the detector produced an anomaly map.
     figure : Figure
@@ -42,6 +44,7 @@ class Inspection:
     threshold: float
     decision: int
     method: str
+    threshold_source: str
     has_map: bool
     figure: Figure
 
@@ -98,6 +101,7 @@ def inspect_clip(
         limit,
         decision,
         detector.threshold_method.spec,
+        detector.threshold_source(clip.machine_id),
         amap is not None,
         figure,
     )

@@ -17,7 +17,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
 from PIL import Image
 
-from soundwatch.evaluation.decision_metrics import metrics_at, roc_points, youden_threshold
+from soundwatch.evaluation.decisions import metrics_at, roc_points, youden_threshold
 
 #: Colours of normal and anomalous clips, the decision threshold and oracle points.
 NORMAL_COLOR = "#3b75af"

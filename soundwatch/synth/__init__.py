@@ -1,8 +1,10 @@
 """Synthetic machine sounds from simple physical models, in the DCASE 2020 Task 2 layout.
 
 ``generate_dataset`` writes a data set of one machine type (normal training clips,
-normal and anomalous test clips, a manifest); ``render_clip`` renders one clip in memory.
-:func:`soundwatch.data.manifest.manifest_kinds` reads which anomaly kind each test clip has.
+normal and anomalous test clips, a manifest); ``render_clip`` renders one clip in memory;
+``session_conditions`` gives the recording conditions of a session
+(``generate_dataset(sessions=N)``). :func:`soundwatch.data.manifest.manifest_kinds` reads
+which anomaly kind each test clip has.
 The models and their parameters are documented in ``docs/synth.md``.
 """
 
@@ -13,6 +15,7 @@ from soundwatch.synth.dataset import (
     generate_dataset,
     render_clip,
     sample_id_params,
+    session_conditions,
 )
 
 __all__ = [
@@ -22,4 +25,5 @@ __all__ = [
     "generate_dataset",
     "render_clip",
     "sample_id_params",
+    "session_conditions",
 ]

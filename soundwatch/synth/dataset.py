@@ -11,6 +11,11 @@ machine ID and label, as in DCASE 2020 Task 2)::
 Every clip has its own random generator seeded from ``(seed, machine, id, split/label,
 index)``, so the files do not depend on the number of workers or on which clips were
 rendered before.
+
+With ``sessions > 1`` the clips are recorded in several sessions (days) whose microphone
+gain, EQ tilt, background level and machine load differ (see :func:`session_conditions`);
+the session and recording are the ``_sessionNN_takeT`` tag at the end of each file name
+and ``session`` and ``take`` in the manifest.
 """
 
 from __future__ import annotations
@@ -44,13 +49,24 @@ __all__ = [
     "generate_dataset",
     "render_clip",
     "sample_id_params",
+    "session_conditions",
 ]
 
 _PEAK_LIMIT = 0.98  # final clips never exceed this (no clipping in the 16-bit file)
 _GAIN_SPREAD_DB = 3.0  # random per-clip level: loudness alone must not give anomalies away
 _SEVERITY_SPREAD = 0.3  # per-clip severity = severity * exp(N(0, 0.3)): varied difficulty
 _SPLIT_CODES = {("train", "normal"): 0, ("test", "normal"): 1, ("test", "anomaly"): 2}
-_CLIP_NAME = re.compile(r"^(normal|anomaly)_id_\d+_\d{8}\.wav$")
+_CLIP_NAME = re.compile(r"^(normal|anomaly)_id_\d+_\d{8}(_session\d+_take\d+)?\.wav$")
+# Spread of the recording conditions between sessions (standard deviations): microphone
+# gain (dB), EQ tilt (dB per octave around 1 kHz), background level (dB) and machine
+# load (log of the speed factor). A session's clips come from several recordings (takes):
+# _TRAIN_TAKES of training clips and one (take 0) of test clips, whose conditions differ
+# by _TAKE_SPREAD times as much.
+_SESSION_SPREAD = {"gain_db": 3.0, "tilt_db_oct": 1.0, "background_db": 3.0, "log_load": 0.03}
+_TAKE_SPREAD = 0.5
+_TRAIN_TAKES = 2
+# Parameters that scale with machine load, with their exponent (speed up, cycles shorter).
+_LOAD_PARAMS = {"slider": {"motor_hz": 1.0, "cycle_s": -1.0}, "fan": {"rpm": 1.0}}
 
 
 @dataclass(frozen=True)
@@ -148,6 +164,53 @@ def sample_id_params(
     return _blend(draw(), unit, id_spread)
 
 
+def session_conditions(
+    machine: str, machine_id: str | int, session: int, take: int, seed: int = 0
+) -> dict:
+    """Recording conditions of one take of one session of a machine ID.
+
+    A session (a recording day) has its own microphone gain, EQ tilt, background level
+    and machine load, drawn from ``(seed, machine, id, session)``. Its clips come from
+    several recordings (takes: 1 and 2 for training clips, 0 for test clips) whose
+    conditions stray a little further, drawn from ``(..., take)``.
+
+    Returns
+    -------
+    dict
+        ``gain_db``, ``tilt_db_oct``, ``background_db`` and ``load`` (speed factor), for
+        :func:`render_clip`'s ``conditions``.
+    """
+    code = _machine_code(machine)
+    day = np.random.default_rng([int(seed), code, int(machine_id), 5, int(session)])
+    rec = np.random.default_rng([int(seed), code, int(machine_id), 6, int(session), int(take)])
+    values = {
+        key: spread * (day.standard_normal() + _TAKE_SPREAD * rec.standard_normal())
+        for key, spread in _SESSION_SPREAD.items()
+    }
+    return {
+        "gain_db": round(float(values["gain_db"]), 3),
+        "tilt_db_oct": round(float(values["tilt_db_oct"]), 3),
+        "background_db": round(float(values["background_db"]), 3),
+        "load": round(float(np.exp(values["log_load"])), 4),
+    }
+
+
+def _apply_load(machine: str, params: dict, load: float) -> dict:
+    """The ID's parameters with its speed scaled by ``load``."""
+    changed = dict(params)
+    for key, exponent in _LOAD_PARAMS.get(machine, {}).items():
+        changed[key] = params[key] * load**exponent
+    return changed
+
+
+def _tilt(y: np.ndarray, sample_rate: float, tilt_db_oct: float) -> np.ndarray:
+    """Apply a microphone EQ tilt of ``tilt_db_oct`` dB per octave around 1 kHz."""
+    spectrum = np.fft.rfft(y)
+    f = np.maximum(np.fft.rfftfreq(y.size, 1.0 / sample_rate), 50.0)
+    spectrum *= 10.0 ** (tilt_db_oct * np.log2(f / 1000.0) / 20.0)
+    return np.fft.irfft(spectrum, y.size).astype(F32)
+
+
 def render_clip(
     machine: str,
     params: dict,
@@ -159,6 +222,7 @@ def render_clip(
     duration: float = 10.0,
     sample_rate: int = 16000,
     normalize: bool = True,
+    conditions: dict | None = None,
 ) -> np.ndarray:
     """Render one clip: machine sound (normal or anomalous) plus factory background.
 
@@ -188,6 +252,10 @@ def render_clip(
         Scale the clip so that a normal clip has the ID's level (``params["level_dbfs"]``
         RMS, +-3 dB random per clip) and keep the peak below 0.98; otherwise return the
         mixture unscaled.
+    conditions : dict or None
+        Recording session from :func:`session_conditions`: machine ``load`` scales its
+        speed, ``background_db`` raises the background, ``tilt_db_oct`` tilts the
+        spectrum and ``gain_db`` shifts the level. None (default): no session effects.
 
     Returns
     -------
@@ -207,15 +275,22 @@ def render_clip(
         raise ConfigError(f"duration {duration} s is too short to render a clip")
     seeds = rng.integers(0, 2**63 - 1, size=4)
     machine_rng, anomaly_rng, noise_rng, gain_rng = (np.random.default_rng(s) for s in seeds)
+    if conditions is not None:
+        params = _apply_load(machine, params, float(conditions["load"]))
+        snr_db = float(snr_db) - float(conditions["background_db"])
     signal, ref_power = model.render(
         params, kind, float(severity), n, float(sample_rate), machine_rng, anomaly_rng
     )
     noise = factory_noise(n, float(sample_rate), noise_rng, params.get("background"))
     y = mix_at_snr(signal, noise, float(snr_db), signal_power=ref_power)
+    if conditions is not None:
+        y = _tilt(y, float(sample_rate), float(conditions["tilt_db_oct"]))
     if normalize:
         target_db = params.get("level_dbfs", -27.0) + gain_rng.uniform(
             -_GAIN_SPREAD_DB, _GAIN_SPREAD_DB
         )
+        if conditions is not None:
+            target_db += float(conditions["gain_db"])
         # Scale by the power a normal clip has (normal machine + background), not by this
         # clip's own: a recording's gain knows nothing of the fault, so an anomaly that
         # adds energy makes the clip a little louder, as it would in a real recording;
@@ -311,6 +386,7 @@ def _render_job(job: dict) -> dict:
         snr_db=job["snr_db"],
         duration=job["duration"],
         sample_rate=job["sample_rate"],
+        conditions=job.get("conditions"),
     )
     sf.write(job["path"], y, job["sample_rate"], subtype="PCM_16", format="WAV")
     return {"index": job["order"], "peak": float(np.max(np.abs(y)))}
@@ -333,6 +409,7 @@ def generate_dataset(
     progress: bool = True,
     workers: int = 1,
     overwrite: bool = False,
+    sessions: int = 1,
 ) -> dict:
     """Synthesise a DCASE 2020 Task 2-layout data set of one machine type.
 
@@ -370,6 +447,13 @@ def generate_dataset(
     overwrite : bool
         Allow writing into a non-empty ``<out_root>/<machine>``: clips named like DCASE
         clips in ``train``/``test`` and the manifest are removed first, other files kept.
+    sessions : int
+        Recording sessions (days). 1 (default) records everything in one session, with
+        no session effects. With N > 1, clip ``i`` of every ID and split is recorded in
+        session ``i % N + 1`` (so training and test clips span all sessions), under
+        that session's conditions (:func:`session_conditions`). A session's training
+        clips come from two recordings (takes 1 and 2), its test clips from a third
+        (take 0); file names end in ``_sessionNN_takeT``.
 
     Returns
     -------
@@ -394,6 +478,7 @@ def generate_dataset(
     severity = _check_float("severity", severity, 0.0)
     duration = _check_float("duration", duration)
     id_spread = _check_float("id_spread", id_spread, 0.0, 1.0)
+    sessions = _check_int("sessions", sessions, 1, 99)
     if duration * sample_rate < 16:
         raise ConfigError(f"duration must give at least 16 samples, got {duration} s")
     if anomaly_kinds is None:
@@ -428,17 +513,27 @@ def generate_dataset(
                 if label == "anomaly":
                     kind = kinds[i % len(kinds)]
                     sev = severity * float(np.exp(_SEVERITY_SPREAD * sev_rng.standard_normal()))
-                rel = f"{split}/{label}_id_{mid}_{i:08d}.wav"
-                records.append(
-                    {
-                        "file": rel,
-                        "machine_id": mid,
-                        "split": split,
-                        "label": label,
-                        "kind": kind,
-                        "severity": round(sev, 4),
-                    }
-                )
+                session, conditions, tag = None, None, ""
+                if sessions > 1:
+                    session = i % sessions + 1
+                    # two training recordings per session, the test clips a third
+                    take = (i // sessions) % _TRAIN_TAKES + 1 if split == "train" else 0
+                    conditions = session_conditions(machine, mid, session, take, seed)
+                    tag = f"_session{session:02d}_take{take}"
+                rel = f"{split}/{label}_id_{mid}_{i:08d}{tag}.wav"
+                record = {
+                    "file": rel,
+                    "machine_id": mid,
+                    "split": split,
+                    "label": label,
+                    "kind": kind,
+                    "severity": round(sev, 4),
+                }
+                if session is not None:
+                    record["session"] = session
+                    record["take"] = take
+                    record["conditions"] = conditions
+                records.append(record)
                 jobs.append(
                     {
                         "order": len(jobs),
@@ -451,6 +546,7 @@ def generate_dataset(
                         "sample_rate": sample_rate,
                         "path": str(machine_dir / rel),
                         "entropy": [seed, code, int(mid), split_code, i],
+                        "conditions": conditions,
                     }
                 )
 
@@ -492,6 +588,8 @@ def generate_dataset(
             "subtype": "PCM_16",
             "severity_spread": _SEVERITY_SPREAD,
             "gain_spread_db": _GAIN_SPREAD_DB,
+            **({"sessions": sessions, "session_spread": _SESSION_SPREAD} if sessions > 1 else {}),
+            **({"take_spread": _TAKE_SPREAD} if sessions > 1 else {}),
         },
         "anomaly_kinds": {k: model.kinds[k] for k in kinds},
         "ids": id_params,

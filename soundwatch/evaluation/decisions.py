@@ -1,7 +1,14 @@
-"""Decision metrics at a threshold, and oracle operating points that need test labels.
+"""Decisions at a threshold: their metrics, whether they can be trusted, and oracle
+operating points that need test labels.
+
+AUC says whether scores rank anomalies above normals; a user acts on the decisions at
+the threshold. :func:`decision_summary` puts the decisions' precision, recall and
+false-positive rate beside the threshold's design rate, and tests whether far more
+clips were flagged than the threshold is meant to flag (recordings unlike the ones the
+threshold was fitted on).
 
 The detector's own thresholds are fitted on normal training clips only. The operating
-points here (:func:`best_f1_threshold`, :func:`youden_threshold`) are chosen *on the
+points :func:`best_f1_threshold` and :func:`youden_threshold` are chosen *on the
 labelled test clips*, so they are upper bounds for comparison, never deployable
 thresholds; reports label them "oracle (uses test labels)".
 
@@ -11,13 +18,17 @@ Throughout, a clip is decided anomalous when ``score > threshold``, as in
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 from sklearn.metrics import roc_curve
 
+from soundwatch.data.clips import Clip
 from soundwatch.errors import ConfigError
-from soundwatch.validation import check_labels_scores
+from soundwatch.evaluation.metrics import machine_ids
+from soundwatch.thresholds import ThresholdMethod, design_rate, drift_check
+from soundwatch.validation import check_array, check_labels_scores
 
 
 @dataclass(frozen=True)
@@ -59,6 +70,19 @@ class BinaryMetrics:
     @property
     def accuracy(self) -> float:
         return (self.tp + self.tn) / self.n if self.n else 0.0
+
+    def as_dict(self) -> dict:
+        """Precision, recall and FPR (None where undefined: JSON null) and the counts."""
+        tp, fp, tn, fn = self.tp, self.fp, self.tn, self.fn
+        return {
+            "precision": self.precision if tp + fp else None,
+            "recall": self.recall if tp + fn else None,
+            "fpr": self.fpr if fp + tn else None,
+            "tp": tp,
+            "fp": fp,
+            "tn": tn,
+            "fn": fn,
+        }
 
     def __add__(self, other: BinaryMetrics) -> BinaryMetrics:
         # Pooling counts over machine IDs gives micro-averaged ratios.
@@ -187,3 +211,123 @@ def roc_points(is_anomaly: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, 
     y, s = check_labels_scores(is_anomaly, scores)
     fpr, tpr, _ = roc_curve(y, s)
     return fpr, tpr
+
+
+def decision_metrics(
+    clips: Sequence[Clip], scores: np.ndarray, thresholds: dict[str, float]
+) -> dict:
+    """Precision, recall and false-positive rate of the 0/1 decisions at the thresholds.
+
+    AUC and pAUC rank scores; these say whether the decisions a user acts on are right.
+    A clip's threshold is its machine ID's (as :func:`machine_ids` assigns it), else the
+    pooled ``thresholds["all"]``, as in the ``decision_result_*.csv`` files.
+
+    Parameters
+    ----------
+    clips : sequence of Clip of length n_clips
+        Unlabelled clips are ignored.
+    scores : array-like of shape (n_clips,)
+    thresholds : dict of str to float
+        Per machine ID and/or ``"all"``.
+
+    Returns
+    -------
+    dict
+        ``{"overall": {...}, "per_id": {id: {...}}}``, each with ``precision``,
+        ``recall``, ``fpr`` (float or None where undefined) and the counts ``tp``,
+        ``fp``, ``tn``, ``fn``.
+    """
+    s = check_array(scores, "anomaly scores", n=len(clips))
+    ids = machine_ids(clips)
+    limits = np.array([thresholds.get(mid, thresholds.get("all", np.inf)) for mid in ids])
+    labelled = np.array([c.label is not None for c in clips], dtype=bool)
+    is_anomaly = np.array([bool(c.is_anomaly) for c in clips], dtype=bool)
+    flagged = s > limits
+    per_id = {}
+    for mid in sorted(set(ids)):
+        idx = np.array([i for i, m in enumerate(ids) if m == mid and labelled[i]], dtype=int)
+        if idx.size:
+            per_id[mid] = binary_metrics(is_anomaly[idx], flagged[idx]).as_dict()
+    return {
+        "overall": binary_metrics(is_anomaly[labelled], flagged[labelled]).as_dict(),
+        "per_id": per_id,
+    }
+
+
+def decision_summary(
+    clips: Sequence[Clip],
+    scores: np.ndarray,
+    thresholds: Mapping[str, float],
+    method: ThresholdMethod,
+) -> dict:
+    """Decision metrics and drift check of one scored batch, for ``result.json``.
+
+    Parameters
+    ----------
+    clips : sequence of Clip of length n_clips
+    scores : array-like of shape (n_clips,)
+    thresholds : mapping of str to float
+        Per machine ID and ``"all"``.
+    method : ThresholdMethod
+        The thresholds' method, which sets the design rate.
+
+    Returns
+    -------
+    dict
+        ``design_rate`` (float), ``decisions`` (see
+        :func:`decision_metrics`) and ``drift``: the
+        binomial check on the normal clips when any are labelled, else on all clips,
+        with ``on`` (``"normal clips"`` or ``"clips"``), ``n_flagged``, ``n_clips``,
+        ``p_value``, ``drifting`` and ``message`` (the one-line warning, or None).
+    """
+    thresholds = dict(thresholds)
+    rate = design_rate(method)
+    s = np.asarray(scores, dtype=float)
+    ids = machine_ids(clips)
+    limits = np.array([thresholds.get(mid, thresholds.get("all", np.inf)) for mid in ids])
+    normal = np.array([c.label is not None and not c.is_anomaly for c in clips], dtype=bool)
+    on = "normal clips" if normal.any() else "clips"
+    flagged = (s > limits)[normal] if normal.any() else s > limits
+    check = drift_check(flagged, rate)
+    return {
+        "design_rate": rate,
+        "decisions": decision_metrics(clips, s, thresholds),
+        "drift": {
+            "on": on,
+            "n_flagged": check.n_flagged,
+            "n_clips": check.n_clips,
+            "p_value": check.p_value,
+            "drifting": check.drifting,
+            "message": check.message(on) if check.drifting else None,
+        },
+    }
+
+
+def unusable_decisions(result: Mapping) -> str | None:
+    """A sentence saying why a run's decisions cannot be trusted, or None.
+
+    Reads the ``design_rate``, ``decisions`` and ``drift`` entries of a ``result.json``
+    (absent in results of older soundwatch versions: then None).
+    """
+    drift = result.get("drift") or {}
+    overall = (result.get("decisions") or {}).get("overall") or {}
+    rate = result.get("design_rate")
+    if not drift.get("drifting") or rate is None:
+        return None
+    fpr = overall.get("fpr")
+    if drift.get("on") == "normal clips" and fpr is not None:
+        what = (
+            f"the threshold flags {fpr:.0%} of the normal test clips ({overall['fp']} of "
+            f"{overall['fp'] + overall['tn']}), where it was meant to flag {rate:.0%}"
+        )
+    else:
+        what = (
+            f"{drift['n_flagged']} of {drift['n_clips']} clips are above the threshold, "
+            f"which is meant to flag {rate:.0%} of normal clips"
+        )
+    return (
+        f"Decisions are unusable as they stand: {what}. The test recordings differ from "
+        "those the threshold was fitted on; refit it on normal clips of these conditions "
+        "(--calibrate-on DIR) or set it with --threshold. The AUC, which ranks scores, "
+        "is not affected."
+    )
