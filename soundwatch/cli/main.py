@@ -1,5 +1,5 @@
-"""``soundwatch`` command line: synth, train, score, evaluate, bench, report, inspect,
-demo, detectors, encoders.
+"""``soundwatch`` command line: synth, train, score, evaluate, official-score, bench,
+report, inspect, demo, detectors, encoders.
 
 Every command reports bad input as one ``error: ...`` line on stderr and exits 1;
 ``--debug`` shows the traceback instead.
@@ -18,6 +18,7 @@ from pathlib import Path
 
 from soundwatch import __version__
 from soundwatch.errors import ConfigError, SoundwatchError
+from soundwatch.evaluation.dcase_protocols import PROTOCOLS
 
 DEFAULT_DETECTOR = "logmel-mahalanobis"
 EXIT_ERROR = 1
@@ -208,14 +209,34 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     detector = _detector(args.detector, args.param, args.threshold)
     out = Path(args.out) if args.out else Path("soundwatch-results") / args.machine / detector.name
-    evaluation = evaluate(Path(args.root), args.machine, detector, out, overwrite=args.overwrite)
-    print(f"{args.machine} / {detector.name}")
+    protocol = None if args.protocol == "auto" else args.protocol
+    evaluation = evaluate(
+        Path(args.root), args.machine, detector, out, overwrite=args.overwrite, protocol=protocol
+    )
+    print(f"{args.machine} / {detector.name} / {evaluation.result['protocol']}")
     _print_table(evaluation.result)
+    if evaluation.result.get("per_section"):
+        from soundwatch.evaluation.dcase import format_sections
+
+        print(format_sections(evaluation.result))
     print(
         f"fit {evaluation.result['fit_seconds']:.1f} s, "
         f"score {evaluation.result['score_seconds']:.1f} s; files in {out}"
     )
     return 0
+
+
+def cmd_official_score(args: argparse.Namespace) -> int:
+    from soundwatch.evaluation.dcase import read_results
+
+    combined = read_results([Path(d) for d in args.result_dirs])
+    print(f"{combined['protocol']}: {', '.join(combined['machine_types'])}")
+    for key in ("hmean_auc_source", "hmean_auc_target", "hmean_pauc", "official_score"):
+        value = combined[key]
+        print(f"{key:<18}{'undefined' if value is None else f'{value:.4f}'}")
+    if combined["missing"]:
+        print("undefined: " + ", ".join(combined["missing"]))
+    return 0 if combined["official_score"] is not None else EXIT_ERROR
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -437,7 +458,21 @@ def build_parser() -> argparse.ArgumentParser:
     _add_threshold_option(p, THRESHOLD_HELP + "; same as --param threshold=METHOD")
     p.add_argument("--out", help="output folder (default: soundwatch-results/MACHINE/DETECTOR)")
     p.add_argument("--overwrite", action="store_true", help="replace results in --out")
+    p.add_argument(
+        "--protocol",
+        choices=("auto", *PROTOCOLS),
+        default="auto",
+        help="challenge year whose metrics, official score and submission files to use "
+        "(default auto: inferred from the test file names)",
+    )
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser(
+        "official-score",
+        help="official DCASE 2021+ score over several machine types' evaluate folders",
+    )
+    p.add_argument("result_dirs", nargs="+", help="folders written by `soundwatch evaluate`")
+    p.set_defaults(func=cmd_official_score)
 
     p = sub.add_parser(
         "bench",

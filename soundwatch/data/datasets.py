@@ -24,6 +24,7 @@ import re
 from collections.abc import Iterable
 from pathlib import Path
 
+from soundwatch.data.attributes import attach_attribute_csvs, with_name_attributes
 from soundwatch.data.audio import AUDIO_EXTENSIONS, is_audio_file
 from soundwatch.data.clips import ANOMALY, NORMAL, Clip
 from soundwatch.errors import ConfigError, DatasetError
@@ -104,8 +105,13 @@ def clip_from_path(path: str | os.PathLike) -> Clip:
     """Build the :class:`Clip` for one audio file from its name and folders.
 
     The layout (DCASE, MIMII or plain, see the module docstring) is told from the
-    names of the folders around the file; the file itself is not opened.
+    names of the folders around the file; the file itself is not opened. Attributes
+    come from the name (see :func:`~soundwatch.data.attributes.parse_attributes`).
     """
+    return with_name_attributes(_clip_from_folders(path))
+
+
+def _clip_from_folders(path: str | os.PathLike) -> Clip:
     path = Path(path)
     info = parse_filename(path)
     # folder names from the top, without the anchor ("/") and without following links
@@ -187,6 +193,7 @@ def discover(
         raise DatasetError(f"not a data folder or an audio file ({_EXTENSIONS_TEXT}): {root}")
 
     all_clips = sorted((clip_from_path(f) for f in files), key=lambda c: c.path)
+    all_clips = attach_attribute_csvs(all_clips)  # attributes_XX.csv (DCASE 2022+)
     clips = all_clips
 
     if machine_type is not None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import resource
@@ -16,6 +17,8 @@ from soundwatch.data.manifest import manifest_kinds
 from soundwatch.detectors.base import Detector
 from soundwatch.detectors.modelfile import MODEL_SUFFIX
 from soundwatch.errors import DatasetError
+from soundwatch.evaluation.dcase import check_clips, write_dcase_submission
+from soundwatch.evaluation.dcase_protocols import infer_protocol
 from soundwatch.evaluation.metrics import evaluate_by_kind
 from soundwatch.evaluation.submission import write_submission
 
@@ -110,7 +113,13 @@ def check_out_dir(out_dir: Path, overwrite: bool) -> None:
 
 
 def evaluate(
-    root: Path, machine_type: str, detector: Detector, out_dir: Path, *, overwrite: bool = False
+    root: Path,
+    machine_type: str,
+    detector: Detector,
+    out_dir: Path,
+    *,
+    overwrite: bool = False,
+    protocol: str | None = None,
 ) -> Evaluation:
     """Fit ``detector`` on the training normals, score the test clips, write the DCASE files.
 
@@ -123,11 +132,19 @@ def evaluate(
     ``test_files`` (paths relative to it, in scoring order), and ``per_kind``: mean AUC
     and pAUC of each anomaly kind of a synthetic data set (see
     :func:`~soundwatch.evaluation.metrics.evaluate_by_kind`; empty for real data).
+
+    ``protocol`` (``dcase2020`` ... ``dcase2025``; None: inferred from the test clips'
+    names, and logged) selects the year's metrics and submission files, see
+    :mod:`soundwatch.evaluation.dcase`; ``result.json`` then also holds ``protocol``.
     """
     out_dir = Path(out_dir)
     check_out_dir(out_dir, overwrite)
     train = training_clips(root, machine_type)
     test = discover(root, machine_type, split="test")
+    if protocol is None:
+        protocol, reason = infer_protocol(test)
+        logger.warning("protocol %s inferred: %s (choose with --protocol)", protocol, reason)
+    check_clips(protocol, machine_type, test)
     start = time.perf_counter()
     detector.fit(train)
     fit_seconds = time.perf_counter() - start
@@ -137,7 +154,11 @@ def evaluate(
     out_dir.mkdir(parents=True, exist_ok=True)
     method = detector.threshold_method
     data_root = Path(os.path.abspath(root))
-    result = write_submission(
+    if protocol == "dcase2020":
+        writer = write_submission
+    else:
+        writer = functools.partial(write_dcase_submission, protocol=protocol)
+    result = writer(
         out_dir,
         machine_type,
         detector.name,
@@ -147,6 +168,7 @@ def evaluate(
         fit_seconds,
         score_seconds,
         extra={
+            "protocol": protocol,
             "params": detector.get_params(),
             "threshold_method": method.name,
             "threshold_quantile": method.value if method.name == "gamma" else None,
