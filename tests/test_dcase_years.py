@@ -96,11 +96,14 @@ def test_attribute_csv_wins_over_the_name_and_covers_eval_names(tmp_path):
     )
 
 
-def test_broken_attribute_csv_is_a_clear_error(tmp_path):
-    write_silence(tmp_path / "fan" / "train" / "section_00_source_train_normal_0000.wav")
+def test_broken_attribute_csv_is_skipped_with_a_warning(tmp_path, caplog):
+    write_silence(tmp_path / "fan" / "train" / "section_00_source_train_normal_0000_a_1.wav")
     (tmp_path / "fan" / "attributes_00.csv").write_text("name,x\n")
+    (clip,) = discover(tmp_path)
+    assert clip.attributes == (("a", "1"),)
+    assert "file_name" in caplog.text and "from the file names instead" in caplog.text
     with pytest.raises(DatasetError, match="file_name"):
-        discover(tmp_path)
+        read_attribute_csv(tmp_path / "fan" / "attributes_00.csv")
 
 
 @pytest.mark.parametrize(

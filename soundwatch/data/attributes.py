@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import logging
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -29,6 +30,8 @@ from soundwatch.data.clips import Clip
 from soundwatch.errors import DatasetError
 
 Attributes = tuple[tuple[str, str], ...]
+
+logger = logging.getLogger(__name__)
 
 # section_00_source_train_normal_0000_<attributes>; the attribute part is group 1
 _ATTRIBUTE_TAIL = re.compile(
@@ -118,7 +121,7 @@ def attach_attribute_csvs(clips: Sequence[Clip]) -> list[Clip]:
 
     The CSVs are looked for in the machine-type folder of each clip (the folder above
     its split folder), and apply to clips of the same section. Clips not listed keep the
-    attributes of their names.
+    attributes of their names. An unreadable CSV is skipped with a logged warning.
     """
     tables: dict[Path, dict[tuple[str, str], Attributes]] = {}
     out = []
@@ -140,6 +143,12 @@ def _type_folder_tables(folder: Path) -> dict[tuple[str, str], Attributes]:
         return table
     for csv_path in sorted(folder.iterdir()):
         if m := _ATTRIBUTE_CSV.match(csv_path.name):
-            for name, pairs in read_attribute_csv(csv_path).items():
+            try:
+                listed = read_attribute_csv(csv_path)
+            except DatasetError as exc:
+                # Metadata must not block training on the audio; say what is lost.
+                logger.warning("%s; attributes come from the file names instead", exc)
+                continue
+            for name, pairs in listed.items():
                 table[(m.group(1), name)] = pairs
     return table
