@@ -368,3 +368,120 @@ def test_2021_eval_clip_without_domain_is_refused_before_writing(tmp_path):
             tmp_path, "fan", "x", clips, np.array([0.0]), {"all": 1.0}, 0, 0, protocol="dcase2021"
         )
     assert list(tmp_path.iterdir()) == []
+
+
+# ------------------------------------------------------------------ end to end
+def write_noise(path: Path, rng: np.random.Generator, tone: bool, sr: int = 16000) -> None:
+    """1 s of noise; ``tone`` adds a loud 3 kHz whistle (the anomaly)."""
+    t = np.arange(sr) / sr
+    signal = 0.1 * rng.standard_normal(sr)
+    if tone:
+        signal += 0.5 * np.sin(2 * np.pi * 3000 * t)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(sr)
+        w.writeframes((np.clip(signal, -1, 1) * 32767).astype("<i2").tobytes())
+
+
+def make_year_tree(root: Path, machine_type: str, layout: str, seed: int) -> None:
+    """A tiny labelled development set: section 00, source and target, 2023 or 2021 layout."""
+    rng = np.random.default_rng(seed)
+    for d, n in (("source", 8), ("target", 2)):
+        for i in range(n):
+            write_noise(
+                root
+                / machine_type
+                / "train"
+                / f"section_00_{d}_train_normal_{i:04d}_a_{i % 2}.wav",
+                rng,
+                False,
+            )
+        folder = "test" if layout == "2023" else f"{d}_test"
+        for label in ("normal", "anomaly"):
+            for i in range(2):
+                name = f"section_00_{d}_test_{label}_{i:04d}_a_{i}.wav"
+                write_noise(root / machine_type / folder / name, rng, label == "anomaly")
+
+
+def test_evaluate_and_official_score_commands_2023(tmp_path, capsys):
+    from soundwatch.cli.main import main
+
+    root = tmp_path / "dev_data"
+    for seed, machine_type in enumerate(("fan", "valve")):
+        make_year_tree(root, machine_type, "2023", seed)
+        code = main(
+            [
+                "evaluate",
+                str(root),
+                "-m",
+                machine_type,
+                "-d",
+                "logmel-mahalanobis",
+                "--out",
+                str(tmp_path / machine_type),
+            ]
+        )
+        out, err = capsys.readouterr()
+        assert code == 0, err
+        assert "dcase2023 (inferred: only section 00" in out
+        assert "official dcase2023 score (harmonic mean)" in out
+        result = json.loads((tmp_path / machine_type / "result.json").read_text())
+        assert result["protocol"] == "dcase2023"
+        (section,) = result["per_section"]
+        assert (section["n_normal_source"], section["n_normal_target"]) == (2, 2)
+        assert section["n_anomaly_source"] + section["n_anomaly_target"] == 4
+        names = {p.name for p in (tmp_path / machine_type).glob("*_test.csv")}
+        assert names == {
+            f"anomaly_score_{machine_type}_section_00_test.csv",
+            f"decision_result_{machine_type}_section_00_test.csv",
+        }
+    code = main(["official-score", str(tmp_path / "fan"), str(tmp_path / "valve")])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert out.startswith("dcase2023: fan, valve")
+    assert "official_score" in out
+
+
+def test_evaluate_2021_layout_and_wrong_protocol(tmp_path, capsys):
+    from soundwatch.cli.main import main
+
+    root = tmp_path / "dev_data"
+    make_year_tree(root, "pump", "2021", 3)
+    code = main(
+        [
+            "evaluate",
+            str(root),
+            "-m",
+            "pump",
+            "-d",
+            "logmel-mahalanobis",
+            "--out",
+            str(tmp_path / "r"),
+        ]
+    )
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert "dcase2021 (inferred: test clips in source_test/target_test folders)" in out
+    assert (tmp_path / "r" / "anomaly_score_pump_section_00_target_test.csv").is_file()
+    # 2020 clips cannot be scored per section: refused before any training
+    for i, label in enumerate(("normal", "anomaly")):
+        write_silence(tmp_path / "d20" / "fan" / "test" / f"{label}_id_00_{i:08d}.wav")
+    write_silence(tmp_path / "d20" / "fan" / "train" / "normal_id_00_00000009.wav")
+    code = main(
+        [
+            "evaluate",
+            str(tmp_path / "d20"),
+            "-m",
+            "fan",
+            "--protocol",
+            "dcase2023",
+            "--out",
+            str(tmp_path / "x"),
+        ]
+    )
+    _, err = capsys.readouterr()
+    assert code != 0 and err.startswith("error: dcase2023 needs the domain of every labelled clip")
+    assert len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "x" / "result.json").exists()

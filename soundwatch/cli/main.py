@@ -213,12 +213,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     evaluation = evaluate(
         Path(args.root), args.machine, detector, out, overwrite=args.overwrite, protocol=protocol
     )
-    print(f"{args.machine} / {detector.name} / {evaluation.result['protocol']}")
+    result = evaluation.result
+    print(f"{args.machine} / {detector.name} / {result['protocol']} ({result['protocol_reason']})")
     _print_table(evaluation.result)
-    if evaluation.result.get("per_section"):
+    if result.get("per_section"):
         from soundwatch.evaluation.dcase import format_sections
 
-        print(format_sections(evaluation.result))
+        print(format_sections(result))
     print(
         f"fit {evaluation.result['fit_seconds']:.1f} s, "
         f"score {evaluation.result['score_seconds']:.1f} s; files in {out}"

@@ -386,7 +386,7 @@ def write_dcase_submission(
         per_section = section_results(clips, s, protocol, machine_type)
         score = official_score(per_section, protocol)
         if score["official_score"] is None:
-            logger.warning(
+            logger.info(
                 "%s: no official %s score; undefined: %s",
                 machine_type,
                 protocol,

@@ -134,16 +134,18 @@ def evaluate(
     :func:`~soundwatch.evaluation.metrics.evaluate_by_kind`; empty for real data).
 
     ``protocol`` (``dcase2020`` ... ``dcase2025``; None: inferred from the test clips'
-    names, and logged) selects the year's metrics and submission files, see
-    :mod:`soundwatch.evaluation.dcase`; ``result.json`` then also holds ``protocol``.
+    names) selects the year's metrics and submission files, see
+    :mod:`soundwatch.evaluation.dcase`; ``result.json`` holds ``protocol`` and
+    ``protocol_reason`` (``"chosen"`` or why it was inferred).
     """
     out_dir = Path(out_dir)
     check_out_dir(out_dir, overwrite)
     train = training_clips(root, machine_type)
     test = discover(root, machine_type, split="test")
+    reason = "chosen"
     if protocol is None:
         protocol, reason = infer_protocol(test)
-        logger.warning("protocol %s inferred: %s (choose with --protocol)", protocol, reason)
+        reason = f"inferred: {reason}"
     check_clips(protocol, machine_type, test)
     start = time.perf_counter()
     detector.fit(train)
@@ -169,6 +171,7 @@ def evaluate(
         score_seconds,
         extra={
             "protocol": protocol,
+            "protocol_reason": reason,
             "params": detector.get_params(),
             "threshold_method": method.name,
             "threshold_quantile": method.value if method.name == "gamma" else None,
