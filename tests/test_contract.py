@@ -26,6 +26,7 @@ TINY: dict[str, dict] = {
     "conv-ae-svdd": {**NET, "frames": 16, "train_patches": 2, "channels": "4,8,8", "latent": 8},
     "conv-vae": {**NET, "frames": 16, "train_patches": 2, "channels": "4,8,8", "latent": 8},
     "dcase2020-ae": {**NET, "hidden": 16, "bottleneck": 4, "depth": 2},
+    "dcase2023-ae": {**NET, "hidden": 16, "bottleneck": 4, "depth": 2, "scoring": "mahalanobis"},
     "mlp-ae": {**NET, "hidden": "32", "latent": 8, "frames": 4},
     "mlp-encoder-distance": {**NET, "hidden": "32", "latent": 8, "frames": 4},
     "vae": {**NET, "hidden": "32", "latent": 4, "stride": 4},

@@ -485,3 +485,50 @@ def test_evaluate_2021_layout_and_wrong_protocol(tmp_path, capsys):
     assert code != 0 and err.startswith("error: dcase2023 needs the domain of every labelled clip")
     assert len(err.strip().splitlines()) == 1
     assert not (tmp_path / "x" / "result.json").exists()
+
+
+# ------------------------------------------------------------------ DCASE 2023 baseline
+def test_dcase2023_ae_published_settings():
+    from soundwatch.detectors import create
+
+    detector = create("dcase2023-ae")
+    params = detector.get_params()
+    assert (params["batch_size"], params["epochs"], params["learning_rate"]) == (256, 100, 1e-3)
+    assert (params["context"], params["n_mels"], params["hidden"], params["bottleneck"]) == (
+        5,
+        128,
+        128,
+        8,
+    )
+    assert params["validation_fraction"] == 0.1 and params["scoring"] == "mse"
+    assert detector.train_config().restore_best is False  # the baseline keeps the last epoch
+    with pytest.raises(ConfigError, match="scoring"):
+        create("dcase2023-ae", scoring="euclid")
+
+
+def test_dcase2023_ae_selective_mahalanobis(tmp_path):
+    from soundwatch.detectors import Detector, create
+
+    root = tmp_path / "dev_data"
+    make_year_tree(root, "fan", "2023", 7)
+    train = discover(root, "fan", split="train")
+    test = discover(root, "fan", split="test")
+    tiny = {"epochs": 2, "threads": 1, "hidden": 16, "bottleneck": 4, "depth": 2, "n_mels": 16}
+    detector = create("dcase2023-ae", scoring="mahalanobis", **tiny).fit(train)
+    assert set(detector.inv_cov_) == {"source", "target"}
+    assert detector.inv_cov_["source"].shape == (5 * 16, 5 * 16)
+    # the two covariances differ: each comes from its own domain's clips
+    assert not np.allclose(detector.inv_cov_["source"], detector.inv_cov_["target"])
+    scores = detector.score(test)
+    store = detector._store(test, 1)
+    from soundwatch.detectors.dcase2023_ae import _clip_mean_rows
+
+    mean_errors = _clip_mean_rows(store, detector._map_windows(store, detector._window_errors))
+    by_domain = [
+        np.einsum("ij,jk,ik->i", mean_errors, detector.inv_cov_[d], mean_errors)
+        for d in ("source", "target")
+    ]
+    np.testing.assert_allclose(scores, np.minimum(*by_domain), rtol=1e-6)
+    assert np.all(scores <= by_domain[0] + 1e-9) and np.any(scores < by_domain[0])
+    path = detector.save(tmp_path / "m.safetensors")
+    np.testing.assert_allclose(Detector.load(path).score(test), scores, rtol=1e-6)

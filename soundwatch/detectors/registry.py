@@ -37,6 +37,10 @@ BUILTIN: dict[str, tuple[str, str]] = {
         f"{_PACKAGE}.dcase2020_ae",
         "DCASE 2020 baseline: dense autoencoder on 5-frame log-mel vectors",
     ),
+    "dcase2023-ae": (
+        f"{_PACKAGE}.dcase2023_ae",
+        "DCASE 2023 baseline: dense autoencoder, MSE or selective Mahalanobis score",
+    ),
     "efficientat-gmm": (
         f"{_PACKAGE}.embedding",
         "EfficientAT mn04 embeddings + Gaussian mixture negative log-likelihood",
