@@ -341,7 +341,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="soundwatch",
         description="Unsupervised anomalous sound detection for machines: train on normal "
-        "recordings, score new ones, evaluate with the DCASE 2020 Task 2 metrics.",
+        "recordings, score new ones, evaluate with the DCASE 2020-2025 Task 2 metrics.",
     )
     parser.add_argument("--version", action="version", version=f"soundwatch {__version__}")
     parser.add_argument(
@@ -448,10 +448,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "evaluate",
-        help="train and evaluate with the DCASE 2020 Task 2 protocol",
-        description="Train on ROOT/MACHINE/train, score ROOT/MACHINE/test and write "
-        "anomaly_score_*.csv, decision_result_*.csv, result.csv, result.json and "
-        "model.safetensors to --out. `soundwatch report OUT` turns them into an HTML page.",
+        help="train and evaluate with a DCASE Task 2 protocol (2020-2025)",
+        description="Train on ROOT/MACHINE/train, score ROOT/MACHINE/test (2021: "
+        "source_test and target_test) and write the year's anomaly_score_*.csv and "
+        "decision_result_*.csv, result.csv, result.json and model.safetensors to --out. "
+        "`soundwatch report OUT` turns them into an HTML page.",
     )
     p.add_argument("root", help="data-set root holding MACHINE/train and MACHINE/test")
     p.add_argument("--machine", "-m", required=True, help="machine type, e.g. slider")
