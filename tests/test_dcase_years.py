@@ -532,3 +532,86 @@ def test_dcase2023_ae_selective_mahalanobis(tmp_path):
     assert np.all(scores <= by_domain[0] + 1e-9) and np.any(scores < by_domain[0])
     path = detector.save(tmp_path / "m.safetensors")
     np.testing.assert_allclose(Detector.load(path).score(test), scores, rtol=1e-6)
+
+
+# ------------------------------------------------------------------ evaluation ground truth
+def test_2023_eval_data_labelled_from_the_evaluator_files(tmp_path, capsys):
+    from soundwatch.cli.main import main
+    from soundwatch.data.ground_truth import apply_ground_truth
+
+    rng = np.random.default_rng(11)
+    root = tmp_path / "eval_data"
+    for d, n in (("source", 8), ("target", 2)):
+        for i in range(n):
+            write_noise(
+                root / "fan" / "train" / f"section_00_{d}_train_normal_{i:04d}.wav", rng, False
+            )
+    # unlabelled evaluation names; truth: (anomaly?, target?)
+    truth = [(0, 0), (0, 1), (1, 0), (1, 1), (0, 0), (0, 1), (1, 1), (1, 0)]
+    for i, (anomalous, _) in enumerate(truth):
+        write_noise(root / "fan" / "test" / f"section_00_{i:04d}.wav", rng, bool(anomalous))
+    gt = tmp_path / "evaluator"
+    (gt / "ground_truth_data").mkdir(parents=True)
+    (gt / "ground_truth_domain").mkdir()
+    (gt / "ground_truth_data" / "ground_truth_fan_section_00_test.csv").write_text(
+        "".join(f"section_00_{i:04d}.wav,{a}\n" for i, (a, _) in enumerate(truth))
+    )
+    (gt / "ground_truth_domain" / "ground_truth_fan_section_00_test.csv").write_text(
+        "".join(f"section_00_{i:04d}.wav,{t}\n" for i, (_, t) in enumerate(truth))
+    )
+    test = apply_ground_truth(discover(root, "fan", split="test"), gt, "fan")
+    assert [(c.label, c.domain) for c in test] == [
+        ("anomaly" if a else "normal", "target" if t else "source") for a, t in truth
+    ]
+    code = main(
+        [
+            "evaluate",
+            str(root),
+            "-m",
+            "fan",
+            "--protocol",
+            "dcase2023",
+            "--ground-truth",
+            str(gt),
+            "--out",
+            str(tmp_path / "r"),
+        ]
+    )
+    _, err = capsys.readouterr()
+    assert code == 0, err
+    result = json.loads((tmp_path / "r" / "result.json").read_text())
+    (section,) = result["per_section"]
+    assert (
+        section["n_normal_source"],
+        section["n_normal_target"],
+        section["n_anomaly_source"],
+    ) == (2, 2, 2)
+    assert result["official"]["official_score"] is not None
+    # a ground truth that misses a clip is refused, not evaluated on part of the data
+    path = gt / "ground_truth_data" / "ground_truth_fan_section_00_test.csv"
+    path.write_text("".join(path.read_text().splitlines(keepends=True)[:-1]))
+    with pytest.raises(DatasetError, match="lists 7 of 8"):
+        apply_ground_truth(discover(root, "fan", split="test"), gt, "fan")
+
+
+def test_2021_ground_truth_gives_the_domain_from_the_file_name(tmp_path):
+    from soundwatch.data.ground_truth import read_ground_truth
+
+    (tmp_path / "ground_truth_fan_section_03_target_test.csv").write_text(
+        "section_03_target_test_0000.wav,1\n"
+    )
+    (tmp_path / "ground_truth_fan_section_03_source_test.csv").write_text(
+        "section_03_source_test_0000.wav,0\n"
+    )
+    table = read_ground_truth(tmp_path)
+    assert table[("fan", "section_03_target_test_0000.wav")] == {
+        "label": "anomaly",
+        "domain": "target",
+    }
+    assert table[("fan", "section_03_source_test_0000.wav")] == {
+        "label": "normal",
+        "domain": "source",
+    }
+    (tmp_path / "ground_truth_fan_section_04_source_test.csv").write_text("x.wav,normal\n")
+    with pytest.raises(DatasetError, match=r"file_name,0\|1"):
+        read_ground_truth(tmp_path)

@@ -211,7 +211,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else Path("soundwatch-results") / args.machine / detector.name
     protocol = None if args.protocol == "auto" else args.protocol
     evaluation = evaluate(
-        Path(args.root), args.machine, detector, out, overwrite=args.overwrite, protocol=protocol
+        Path(args.root),
+        args.machine,
+        detector,
+        out,
+        overwrite=args.overwrite,
+        protocol=protocol,
+        ground_truth=Path(args.ground_truth) if args.ground_truth else None,
     )
     result = evaluation.result
     print(f"{args.machine} / {detector.name} / {result['protocol']} ({result['protocol_reason']})")
@@ -466,6 +472,12 @@ def build_parser() -> argparse.ArgumentParser:
         default="auto",
         help="challenge year whose metrics, official score and submission files to use "
         "(default auto: inferred from the test file names)",
+    )
+    p.add_argument(
+        "--ground-truth",
+        metavar="DIR",
+        help="folder of the official ground_truth_*.csv files (DCASE 2021+ evaluators) "
+        "that label unlabelled evaluation clips",
     )
     p.set_defaults(func=cmd_evaluate)
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from soundwatch.data.clips import ANOMALY, Clip
 from soundwatch.data.datasets import discover
+from soundwatch.data.ground_truth import apply_ground_truth
 from soundwatch.data.manifest import manifest_kinds
 from soundwatch.detectors.base import Detector
 from soundwatch.detectors.modelfile import MODEL_SUFFIX
@@ -120,6 +121,7 @@ def evaluate(
     *,
     overwrite: bool = False,
     protocol: str | None = None,
+    ground_truth: Path | None = None,
 ) -> Evaluation:
     """Fit ``detector`` on the training normals, score the test clips, write the DCASE files.
 
@@ -136,12 +138,16 @@ def evaluate(
     ``protocol`` (``dcase2020`` ... ``dcase2025``; None: inferred from the test clips'
     names) selects the year's metrics and submission files, see
     :mod:`soundwatch.evaluation.dcase`; ``result.json`` holds ``protocol`` and
-    ``protocol_reason`` (``"chosen"`` or why it was inferred).
+    ``protocol_reason`` (``"chosen"`` or why it was inferred). ``ground_truth``: a folder
+    of official ground-truth CSVs that label unlabelled evaluation clips, see
+    :mod:`soundwatch.data.ground_truth`.
     """
     out_dir = Path(out_dir)
     check_out_dir(out_dir, overwrite)
     train = training_clips(root, machine_type)
     test = discover(root, machine_type, split="test")
+    if ground_truth is not None:
+        test = apply_ground_truth(test, ground_truth, machine_type)
     reason = "chosen"
     if protocol is None:
         protocol, reason = infer_protocol(test)
