@@ -615,3 +615,26 @@ def test_2021_ground_truth_gives_the_domain_from_the_file_name(tmp_path):
     (tmp_path / "ground_truth_fan_section_04_source_test.csv").write_text("x.wav,normal\n")
     with pytest.raises(DatasetError, match=r"file_name,0\|1"):
         read_ground_truth(tmp_path)
+
+
+def test_unlabelled_2023_eval_clips_get_files_but_no_metrics(tmp_path):
+    clips = [Clip(Path(f"section_00_{i:04d}.wav"), "ToyDrone", "00", "test") for i in range(3)]
+    result = write_dcase_submission(
+        tmp_path,
+        "ToyDrone",
+        "x",
+        clips,
+        np.array([0.1, 0.5, 0.9]),
+        {"all": 0.4},
+        0,
+        0,
+        protocol="dcase2025",
+    )
+    assert result["per_section"] == [] and result["official"] is None and result["mean_auc"] is None
+    rows = read_rows(tmp_path / "decision_result_ToyDrone_section_00_test.csv")
+    assert rows == [
+        ["section_00_0000.wav", "0"],
+        ["section_00_0001.wav", "1"],
+        ["section_00_0002.wav", "1"],
+    ]
+    assert not (tmp_path / "result.csv").exists()

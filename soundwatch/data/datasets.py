@@ -6,7 +6,8 @@ a) DCASE 2020 Task 2 and DCASE 2021+: ``<root>/<machine_type>/<split>/<name>.wav
    ``<split>`` is ``train``, ``test``, ``source_test`` or ``target_test``. The machine
    type is the folder above the split folder, so the root may be the data-set folder, a
    machine-type folder or a split folder. Machine ID (or section), label and domain come
-   from the file name (see :func:`parse_filename`).
+   from the file name (see :func:`parse_filename`), attributes from the name and from the
+   type folder's ``attributes_XX.csv`` (see :mod:`soundwatch.data.attributes`).
 b) raw MIMII: ``<machine_type>/id_00/normal|abnormal/00000000.wav``, possibly below a
    ``-6_dB_fan`` style folder, or with that folder in place of ``<machine_type>``.
    These clips have no split.
