@@ -234,15 +234,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_official_score(args: argparse.Namespace) -> int:
-    from soundwatch.evaluation.dcase import read_results
+    from soundwatch.evaluation.dcase import format_combined, read_results
 
     combined = read_results([Path(d) for d in args.result_dirs])
-    print(f"{combined['protocol']}: {', '.join(combined['machine_types'])}")
-    for key in ("hmean_auc_source", "hmean_auc_target", "hmean_pauc", "official_score"):
-        value = combined[key]
-        print(f"{key:<18}{'undefined' if value is None else f'{value:.4f}'}")
-    if combined["missing"]:
-        print("undefined: " + ", ".join(combined["missing"]))
+    print(format_combined(combined))
     return 0 if combined["official_score"] is not None else EXIT_ERROR
 
 

@@ -468,6 +468,18 @@ def read_results(result_dirs: Sequence[Path]) -> dict:
     return combine_results(payloads)
 
 
+def format_combined(combined: Mapping) -> str:
+    """Text lines of :func:`combine_results`: the machine types, the harmonic means and
+    the official score, and what keeps an undefined score from being computed."""
+    lines = [f"{combined['protocol']}: {', '.join(combined['machine_types'])}"]
+    for key in ("hmean_auc_source", "hmean_auc_target", "hmean_pauc", "official_score"):
+        value = combined.get(key)
+        lines.append(f"{key:<18}{'undefined' if value is None else f'{value:.4f}'}")
+    if combined["missing"]:
+        lines.append("undefined: " + ", ".join(combined["missing"]))
+    return "\n".join(lines)
+
+
 def format_sections(result: Mapping) -> str:
     """Fixed-width text table of a 2021+ ``result.json``'s sections and official score."""
     protocol = result["protocol"]
