@@ -13,8 +13,11 @@ like theirs, ``max_fpr=0.1`` for pAUC, and harmonic means over values floored at
   section and domain, AUC and pAUC of that domain's normals against that domain's
   anomalies (``source_test`` and ``target_test`` are scored separately), and harmonic
   means of AUC and of pAUC "over all machine types, sections, and domains". The
-  official score here is the harmonic mean of all those AUC and pAUC values together,
-  as the 2021 task description ranks systems.
+  ``official_score`` reported here for 2021 is the harmonic mean of all those AUC and
+  pAUC values together (the rule of 2022-2025 applied to 2021's per-domain values); the
+  2021 ranking itself is defined in the task description (arXiv 2106.04492), which could
+  not be checked against a stored copy, so compare 2021 rankings on ``hmean_auc`` and
+  ``hmean_pauc``, which are the evaluator's own figures.
 * **dcase2022** (github.com/Kota-Dohi/dcase2022_evaluator) and **dcase2023, dcase2024,
   dcase2025** (github.com/nttcslab/dcase2023_task2_evaluator, ..._2024_..., ..._2025_...):
   per machine type and section, AUC (source) of source normals against *all* anomalies
