@@ -86,6 +86,11 @@ BUILTIN: dict[str, tuple[str, str]] = {
         f"{_PACKAGE}.recurrent",
         "2-layer LSTM predicting the next log-mel frame from 10; score = prediction MSE",
     ),
+    "memory-bank": (
+        f"{_PACKAGE}.memory_bank",
+        "training-free memory bank of log-mel or EfficientAT features; kNN, LDN-kNN, "
+        "Mahalanobis or PCA-residual backends, coreset, sub-bands, leave-out fusion",
+    ),
     "mlp-ae": (
         f"{_PACKAGE}.mlp_ae",
         "dense autoencoder on standardised multi-frame log-mel patches",
