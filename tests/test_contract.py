@@ -33,6 +33,7 @@ TINY: dict[str, dict] = {
     "lstm-predictor": {**NET, "hidden": 8, "layers": 1, "history": 4, "stride": 8},
     "gru-ae": {**NET, "hidden": 8, "layers": 1, "frames": 4, "stride": 8},
     "id-classifier": ID_CLASSIFIER,
+    "memory-bank": {"bank_size": 32, "loo_folds": 3, "patch_hop": 8},
     "ensemble": {
         "member_params": ";".join(f"id-classifier.{k}={v}" for k, v in ID_CLASSIFIER.items())
     },

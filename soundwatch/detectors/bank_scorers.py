@@ -195,9 +195,7 @@ class PCAResidualScorer(Scorer):
 
     def _set_state(self, arrays: dict[str, np.ndarray]) -> None:
         self.centre_ = arrays["centre"].astype(np.float64)
-        self.components_ = arrays["components"].astype(np.float64).reshape(
-            -1, len(self.centre_)
-        )
+        self.components_ = arrays["components"].astype(np.float64).reshape(-1, len(self.centre_))
 
 
 __all__ = ["METRICS", "LDNKNNScorer", "PCAResidualScorer", "greedy_coreset", "knn_distances"]

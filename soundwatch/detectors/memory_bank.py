@@ -141,13 +141,15 @@ MEMORY_BANK_PARAMS: dict[str, Param] = {
         "short windows) or efficientat (EfficientAT mn04 frame embeddings)",
         choices=FEATURES,
     ),
-    "level": Param("frame", "bank items: one per clip or one per patch/frame", choices=LEVELS),
+    "level": Param("clip", "bank items: one per clip or one per patch/frame", choices=LEVELS),
     "backends": Param(
-        "knn", "comma-separated scoring backends: knn, ldn-knn, mahalanobis, pca-residual"
+        "mahalanobis", "comma-separated scoring backends: knn, ldn-knn, mahalanobis, pca-residual"
     ),
-    "k": Param(1, "neighbours of knn and ldn-knn", low=1),
+    "k": Param(5, "neighbours of knn and ldn-knn", low=1),
     "metric": Param("euclidean", "distance of knn and ldn-knn", choices=METRICS),
-    "aggregate": Param("max", "frame scores to a clip score: max, topk mean or mean", choices=AGGREGATES),
+    "aggregate": Param(
+        "max", "frame scores to a clip score: max, topk mean or mean", choices=AGGREGATES
+    ),
     "topk": Param(5, "frames averaged by aggregate=topk", low=1),
     "bank_size": Param(
         2048, "coreset cap: most items a knn/ldn-knn bank keeps (greedy k-center)", low=1
@@ -156,13 +158,17 @@ MEMORY_BANK_PARAMS: dict[str, Param] = {
     "patch_hop": Param(4, "logmel-patch: frames between patch starts", low=1),
     "frame_hop": Param(1, "efficientat: keep every n-th frame embedding", low=1),
     "subbands": Param(1, "logmel features: frequency sub-bands matched separately (BEAM)", low=1),
-    "subband_fusion": Param("max", "sub-band z-scores combined by max or mean", choices=("max", "mean")),
+    "subband_fusion": Param(
+        "max", "sub-band z-scores combined by max or mean", choices=("max", "mean")
+    ),
     "fusion": Param("mean", "backend z-scores combined by mean or min", choices=FUSIONS),
     "loo_folds": Param(
         10, "folds of training clips for the leave-out standardisation (<= n clips: LOO)", low=2
     ),
-    "standardize": Param(True, "standardise bank features with their training mean and std"),
-    "pca_variance": Param(0.95, "pca-residual: variance the subspace explains", low=0.01, high=0.999),
+    "standardize": Param(False, "standardise bank features with their training mean and std"),
+    "pca_variance": Param(
+        0.95, "pca-residual: variance the subspace explains", low=0.01, high=0.999
+    ),
     "augment": Param(0, "augmented copies added to the bank per training clip", low=0),
     "augment_ops": Param("mixup,pitch,time", "augmentations drawn from: mixup, pitch, time"),
     "augment_pitch": Param(2, "most mel bins a pitch augmentation shifts", low=0),
