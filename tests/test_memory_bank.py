@@ -99,7 +99,9 @@ def test_augmentation_copies_shifts_and_mixes():
         shifted = [np.roll(arrays[src], s, axis=0)[2:-2] for s in (-2, -1, 1, 2)]
         assert any(np.allclose(new[2:-2], s) for s in shifted)
     mixed, _ = augment_arrays(arrays, 1, ["mixup"], max_pitch=0, max_time=0, rng=rng)
-    assert all(m.shape == a.shape and not np.allclose(m, a) for m, a in zip(mixed, arrays))
+    assert all(
+        m.shape == a.shape and not np.allclose(m, a) for m, a in zip(mixed, arrays, strict=True)
+    )
     # Frame embeddings have no frequency axis: pitch alone gives nothing.
     frames = [a.T for a in arrays]
     none, _ = augment_arrays(
