@@ -181,12 +181,19 @@ def test_subbands_match_each_band_separately(tiny_slider):
 def test_augmentation_grows_the_bank_and_keeps_copies_out_of_their_fold(tiny_slider):
     train, test = tiny_slider
     big = {**SMALL, "bank_size": 1000}
-    plain = create("memory-bank", **big, per_id=False, backends="knn")
-    augmented = create("memory-bank", **big, per_id=False, backends="knn", augment=3)
+    plain = create("memory-bank", **big, per_id=False, backends="knn", augment=0)
+    augmented = create(
+        "memory-bank", **big, per_id=False, backends="knn", augment=3, augment_below=0
+    )
     plain.fit(train)
     augmented.fit(train)
     assert augmented.units_[0].train_.shape[0] == 4 * plain.units_[0].train_.shape[0]
     assert np.isfinite(augmented.score(test)).all()
+    # Banks of at least augment_below clips are left as recorded.
+    many = create(
+        "memory-bank", **big, per_id=False, backends="knn", augment=3, augment_below=5
+    ).fit(train)
+    assert many.units_[0].train_.shape[0] == plain.units_[0].train_.shape[0]
 
 
 def test_few_shot_ten_clips_separates_anomalies(tmp_path_factory):
@@ -207,7 +214,7 @@ def test_few_shot_ten_clips_separates_anomalies(tmp_path_factory):
     )
     train, test = discover(root, "fan", "train"), discover(root, "fan", "test")
     assert len(train) == 10
-    detector = create("memory-bank", augment=2, loo_folds=10).fit(train)
+    detector = create("memory-bank").fit(train)
     labels = np.array([c.label == "anomaly" for c in test], dtype=int)
     assert _auc(detector.score(test), labels) > 0.7
 

@@ -169,8 +169,11 @@ MEMORY_BANK_PARAMS: dict[str, Param] = {
     "pca_variance": Param(
         0.95, "pca-residual: variance the subspace explains", low=0.01, high=0.999
     ),
-    "augment": Param(0, "augmented copies added to the bank per training clip", low=0),
-    "augment_ops": Param("mixup,pitch,time", "augmentations drawn from: mixup, pitch, time"),
+    "augment": Param(4, "augmented copies added to the bank per training clip", low=0),
+    "augment_below": Param(
+        20, "augment only banks of fewer training clips than this (0 = always)", low=0
+    ),
+    "augment_ops": Param("pitch,time", "augmentations drawn from: mixup, pitch, time"),
     "augment_pitch": Param(2, "most mel bins a pitch augmentation shifts", low=0),
     "augment_time": Param(16, "most frames a time augmentation shifts", low=0),
     **LOGMEL_PARAMS,
@@ -207,10 +210,16 @@ class MemoryBankDetector(LogMelFrontend, Detector):
     clips), then the backends are fused by ``fusion`` and the bands by
     ``subband_fusion``.
 
-    With few clips, ``augment`` adds altered copies of each training clip to the bank:
-    mixup with another clip, small mel-bin (pitch) shifts and time shifts (efficientat
-    frames take mixup and time shifts only). Copies of a clip leave the bank with it in
-    the leave-out folds.
+    With few clips (fewer than ``augment_below`` per bank), ``augment`` adds altered
+    copies of each training clip to the bank, drawn from ``augment_ops``: mixup with
+    another clip, small mel-bin (pitch) shifts and time shifts (efficientat frames take
+    mixup and time shifts only). Copies of a clip leave the bank with it in the
+    leave-out folds. With many clips the bank is left as recorded: augmentation then
+    blurs it more than it fills gaps.
+
+    The defaults (clip-level bank of log-mel patch statistics, Mahalanobis backend,
+    four pitch/time-shifted copies per clip below 20 clips) were chosen on separately
+    seeded synthetic sets (``soundwatch synth --seed 1``, full and ``--n-train 10``).
     """
 
     name = "memory-bank"
@@ -309,9 +318,10 @@ class MemoryBankDetector(LogMelFrontend, Detector):
         rng = np.random.default_rng(self.seed)
         raws = self._raw(train)
         time_axis, pitch_axis = (0, None) if self.feature == "efficientat" else (1, 0)
+        few = self.augment_below == 0 or len(raws) < self.augment_below
         extra, sources = augment_arrays(
             raws,
-            self.augment,
+            self.augment if few else 0,
             self.augment_list,
             max_pitch=self.augment_pitch,
             max_time=self.augment_time,
