@@ -293,17 +293,20 @@ class MemoryBankDetector(LogMelFrontend, Detector):
         }
         return create_scorer(name, standardize=False, **options.get(name, {}))
 
-    def _fit_backend(self, name: str, x: np.ndarray, rng: np.random.Generator) -> Scorer:
-        """Fit one backend on bank rows ``x``: a coreset for kNN banks, a random
-        subsample of at most :data:`_DENSITY_ROWS` rows for density backends."""
+    def _bank_rows(self, name: str, x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """Sorted indices of the rows of ``x`` a backend is fitted on: a greedy coreset
+        of at most ``bank_size`` rows for kNN banks, a random subsample of at most
+        :data:`_DENSITY_ROWS` rows for density backends."""
+        rows = np.arange(len(x))
         if name in _BANK_BACKENDS:
             limit = self.bank_size * _CANDIDATES_PER_ROW
-            if len(x) > limit:
-                x = x[np.sort(rng.choice(len(x), limit, replace=False))]
-            x = x[np.sort(greedy_coreset(x, self.bank_size, seed=int(rng.integers(2**31))))]
-        elif len(x) > _DENSITY_ROWS:
-            x = x[np.sort(rng.choice(len(x), _DENSITY_ROWS, replace=False))]
-        return self._make_backend(name).fit(x)
+            if len(rows) > limit:
+                rows = np.sort(rng.choice(len(rows), limit, replace=False))
+            chosen = greedy_coreset(x[rows], self.bank_size, seed=int(rng.integers(2**31)))
+            return rows[np.sort(chosen)]
+        if len(rows) > _DENSITY_ROWS:
+            rows = np.sort(rng.choice(len(rows), _DENSITY_ROWS, replace=False))
+        return rows
 
     def _transform(self, x: np.ndarray) -> np.ndarray:
         return (x - self.mean_) / self.scale_
@@ -347,11 +350,17 @@ class MemoryBankDetector(LogMelFrontend, Detector):
         for columns in self.bands_:
             zb = z[:, columns]
             for backend in self.backend_list:
-                self.units_.append(self._fit_backend(backend, zb, rng))
+                rows = self._bank_rows(backend, zb, rng)
+                self.units_.append(self._make_backend(backend).fit(zb[rows]))
                 held = np.empty(len(raws))
                 for fold in range(n_folds) if len(raws) > 1 else []:
                     out = fold_of_clip[clip_of] == fold
-                    fold_scorer = self._fit_backend(backend, zb[~out], rng)
+                    # The same bank without the fold's clips (and their augmented
+                    # copies); the coreset is not recomputed, which keeps folds cheap.
+                    fold_rows = rows[~out[rows]]
+                    if len(fold_rows) < 2:  # a tiny coreset held only the fold's items
+                        fold_rows = np.flatnonzero(~out)
+                    fold_scorer = self._make_backend(backend).fit(zb[fold_rows])
                     query = out & real
                     clips_in_fold = np.flatnonzero(fold_of_clip == fold)
                     local = np.searchsorted(clips_in_fold, owners[query])
