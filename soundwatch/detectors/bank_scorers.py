@@ -62,10 +62,12 @@ def greedy_coreset(x: np.ndarray, size: int, seed: int = 0) -> np.ndarray:
     z = np.asarray(x, dtype=np.float64)
     if z.shape[1] > _PROJECTION_DIM:
         z = z @ rng.normal(size=(z.shape[1], _PROJECTION_DIM)) / np.sqrt(_PROJECTION_DIM)
+    # float32 halves the memory traffic of the n x d pass each step makes.
+    z = np.ascontiguousarray(z, dtype=np.float32)
     squared_norms = (z * z).sum(1)
     chosen = np.empty(size, dtype=np.int64)
     chosen[0] = rng.integers(n)
-    nearest = np.full(n, np.inf)
+    nearest = np.full(n, np.inf, dtype=np.float32)
     for step in range(1, size):
         last = z[chosen[step - 1]]
         dist = squared_norms - 2.0 * (z @ last) + last @ last
