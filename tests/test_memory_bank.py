@@ -228,3 +228,23 @@ def test_bad_combinations_are_refused():
         create("memory-bank", backends="knn,nope")
     with pytest.raises(ConfigError, match="augment_ops must be"):
         create("memory-bank", augment_ops="")
+
+
+@pytest.mark.parametrize("level", ["clip", "frame"])
+def test_efficientat_banks(level, tiny_slider, efficientat_weights, monkeypatch, tmp_path: Path):
+    monkeypatch.setenv("SOUNDWATCH_EFFICIENTAT_WEIGHTS", str(efficientat_weights))
+    train, test = tiny_slider
+    detector = create(
+        "memory-bank",
+        **SMALL,
+        feature="efficientat",
+        level=level,
+        backends="knn,mahalanobis",
+        metric="cosine",
+        k=1,
+    ).fit(train)
+    scores = detector.score(test)
+    assert scores.shape == (len(test),) and np.isfinite(scores).all()
+    np.testing.assert_allclose(
+        Detector.load(detector.save(tmp_path / "m.safetensors")).score(test), scores
+    )
