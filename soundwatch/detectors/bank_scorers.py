@@ -14,7 +14,6 @@ import numpy as np
 
 from soundwatch.detectors.scorers import (
     _CHUNK,
-    METRICS,
     Scorer,
     _check_metric,
     _sq_euclidean,
@@ -200,4 +199,4 @@ class PCAResidualScorer(Scorer):
         self.components_ = arrays["components"].astype(np.float64).reshape(-1, len(self.centre_))
 
 
-__all__ = ["METRICS", "LDNKNNScorer", "PCAResidualScorer", "greedy_coreset", "knn_distances"]
+__all__ = ["LDNKNNScorer", "PCAResidualScorer", "greedy_coreset", "knn_distances"]
