@@ -27,12 +27,14 @@ TINY: dict[str, dict] = {
     "conv-ae-svdd": {**NET, "frames": 16, "train_patches": 2, "channels": "4,8,8", "latent": 8},
     "conv-vae": {**NET, "frames": 16, "train_patches": 2, "channels": "4,8,8", "latent": 8},
     "dcase2020-ae": {**NET, "hidden": 16, "bottleneck": 4, "depth": 2},
+    "dcase2023-ae": {**NET, "hidden": 16, "bottleneck": 4, "depth": 2, "scoring": "mahalanobis"},
     "mlp-ae": {**NET, "hidden": "32", "latent": 8, "frames": 4},
     "mlp-encoder-distance": {**NET, "hidden": "32", "latent": 8, "frames": 4},
     "vae": {**NET, "hidden": "32", "latent": 4, "stride": 4},
     "lstm-predictor": {**NET, "hidden": 8, "layers": 1, "history": 4, "stride": 8},
     "gru-ae": {**NET, "hidden": 8, "layers": 1, "frames": 4, "stride": 8},
     "id-classifier": ID_CLASSIFIER,
+    "memory-bank": {"bank_size": 32, "loo_folds": 3, "patch_hop": 8},
     "ensemble": {
         "member_params": ";".join(f"id-classifier.{k}={v}" for k, v in ID_CLASSIFIER.items())
     },

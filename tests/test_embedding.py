@@ -28,7 +28,7 @@ from soundwatch.encoders.random_cnn import RandomConvEncoder
 from soundwatch.encoders.registry import ENCODERS, shared_encoder
 from soundwatch.errors import ConfigError
 
-SCORER_NAMES = ["mahalanobis", "knn", "ocsvm", "gmm", "mean-distance"]
+SCORER_NAMES = ["mahalanobis", "knn", "ocsvm", "gmm", "mean-distance", "ldn-knn", "pca-residual"]
 
 
 # ------------------------------------------------------------------------------ pooling

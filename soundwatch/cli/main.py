@@ -1,5 +1,5 @@
-"""``soundwatch`` command line: synth, train, score, evaluate, bench, report, inspect,
-demo, detectors, encoders.
+"""``soundwatch`` command line: synth, train, score, evaluate, official-score, bench,
+report, inspect, demo, detectors, encoders.
 
 Every command reports bad input as one ``error: ...`` line on stderr and exits 1;
 ``--debug`` shows the traceback instead.
@@ -18,6 +18,7 @@ from pathlib import Path
 
 from soundwatch import __version__
 from soundwatch.errors import ConfigError, SoundwatchError
+from soundwatch.evaluation.dcase_protocols import PROTOCOLS
 
 DEFAULT_DETECTOR = "logmel-mahalanobis"
 EXIT_ERROR = 1
@@ -398,6 +399,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     detector = _detector(args.detector, args.param, args.threshold, args.group_by)
     out = Path(args.out) if args.out else Path("soundwatch-results") / args.machine / detector.name
     calibration_clips = _calibration_clips(args)
+    protocol = None if args.protocol == "auto" else args.protocol
     evaluation = evaluate(
         Path(args.root),
         args.machine,
@@ -406,14 +408,29 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         calibration_clips=calibration_clips,
         progress=_step,
+        protocol=protocol,
+        ground_truth=Path(args.ground_truth) if args.ground_truth else None,
     )
-    print(f"{args.machine} / {detector.name}")
+    result = evaluation.result
+    print(f"{args.machine} / {detector.name} / {result['protocol']} ({result['protocol_reason']})")
     _print_table(evaluation.result)
+    if result.get("per_section"):
+        from soundwatch.evaluation.dcase import format_sections
+
+        print(format_sections(result))
     print(
         f"fit {evaluation.result['fit_seconds']:.1f} s, "
         f"score {evaluation.result['score_seconds']:.1f} s; files in {out}"
     )
     return 0
+
+
+def cmd_official_score(args: argparse.Namespace) -> int:
+    from soundwatch.evaluation.dcase import format_combined, read_results
+
+    combined = read_results([Path(d) for d in args.result_dirs])
+    print(format_combined(combined))
+    return 0 if combined["official_score"] is not None else EXIT_ERROR
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -529,7 +546,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="soundwatch",
         description="Unsupervised anomalous sound detection for machines: train on normal "
-        "recordings, score new ones, evaluate with the DCASE 2020 Task 2 metrics.",
+        "recordings, score new ones, evaluate with the DCASE 2020-2025 Task 2 metrics.",
     )
     parser.add_argument("--version", action="version", version=f"soundwatch {__version__}")
     parser.add_argument(
@@ -676,10 +693,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "evaluate",
-        help="train and evaluate with the DCASE 2020 Task 2 protocol",
-        description="Train on ROOT/MACHINE/train, score ROOT/MACHINE/test and write "
-        "anomaly_score_*.csv, decision_result_*.csv, result.csv, result.json and "
-        "model.safetensors to --out. `soundwatch report OUT` turns them into an HTML page.",
+        help="train and evaluate with a DCASE Task 2 protocol (2020-2025)",
+        description="Train on ROOT/MACHINE/train, score ROOT/MACHINE/test (2021: "
+        "source_test and target_test) and write the year's anomaly_score_*.csv and "
+        "decision_result_*.csv, result.csv, result.json and model.safetensors to --out. "
+        "`soundwatch report OUT` turns them into an HTML page.",
     )
     p.add_argument("root", help="data-set root holding MACHINE/train and MACHINE/test")
     p.add_argument("--machine", "-m", required=True, help="machine type, e.g. slider")
@@ -693,7 +711,27 @@ def build_parser() -> argparse.ArgumentParser:
         help="replace the results in --out: the new run replaces the whole folder once "
         "it is complete",
     )
+    p.add_argument(
+        "--protocol",
+        choices=("auto", *PROTOCOLS),
+        default="auto",
+        help="challenge year whose metrics, official score and submission files to use "
+        "(default auto: inferred from the test file names)",
+    )
+    p.add_argument(
+        "--ground-truth",
+        metavar="DIR",
+        help="folder of the official ground_truth_*.csv files (DCASE 2021+ evaluators) "
+        "that label unlabelled evaluation clips",
+    )
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser(
+        "official-score",
+        help="official DCASE 2021+ score over several machine types' evaluate folders",
+    )
+    p.add_argument("result_dirs", nargs="+", help="folders written by `soundwatch evaluate`")
+    p.set_defaults(func=cmd_official_score)
 
     p = sub.add_parser(
         "bench",

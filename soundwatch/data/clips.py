@@ -29,6 +29,9 @@ class Clip:
         ``"normal"``, ``"anomaly"`` or None when unknown (evaluation data).
     domain : str or None
         ``"source"`` or ``"target"`` for DCASE 2021+ names, else None.
+    attributes : tuple of (str, str)
+        ``(name, value)`` pairs of a DCASE 2021+ clip, from its file name or its
+        ``attributes_XX.csv`` (see :mod:`soundwatch.data.attributes`); empty if none.
     """
 
     path: Path
@@ -37,6 +40,7 @@ class Clip:
     split: str | None = None
     label: str | None = None
     domain: str | None = None
+    attributes: tuple[tuple[str, str], ...] = ()
 
     @property
     def is_anomaly(self) -> bool | None:

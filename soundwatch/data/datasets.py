@@ -6,7 +6,8 @@ a) DCASE 2020 Task 2 and DCASE 2021+: ``<root>/<machine_type>/<split>/<name>.wav
    ``<split>`` is ``train``, ``test``, ``source_test`` or ``target_test``. The machine
    type is the folder above the split folder, so the root may be the data-set folder, a
    machine-type folder or a split folder. Machine ID (or section), label and domain come
-   from the file name (see :func:`parse_filename`).
+   from the file name (see :func:`parse_filename`), attributes from the name and from the
+   type folder's ``attributes_XX.csv`` (see :mod:`soundwatch.data.attributes`).
 b) raw MIMII: ``<machine_type>/id_00/normal|abnormal/00000000.wav``, possibly below a
    ``-6_dB_fan`` style folder, or with that folder in place of ``<machine_type>``.
    These clips have no split.
@@ -24,6 +25,7 @@ import re
 from collections.abc import Iterable
 from pathlib import Path
 
+from soundwatch.data.attributes import attach_attribute_csvs, with_name_attributes
 from soundwatch.data.audio import AUDIO_EXTENSIONS, is_audio_file
 from soundwatch.data.clips import ANOMALY, NORMAL, Clip
 from soundwatch.errors import ConfigError, DatasetError
@@ -105,8 +107,13 @@ def clip_from_path(path: str | os.PathLike) -> Clip:
     """Build the :class:`Clip` for one audio file from its name and folders.
 
     The layout (DCASE, MIMII or plain, see the module docstring) is told from the
-    names of the folders around the file; the file itself is not opened.
+    names of the folders around the file; the file itself is not opened. Attributes
+    come from the name (see :func:`~soundwatch.data.attributes.parse_attributes`).
     """
+    return with_name_attributes(_clip_from_folders(path))
+
+
+def _clip_from_folders(path: str | os.PathLike) -> Clip:
     path = Path(path)
     info = parse_filename(path)
     # folder names from the top, without the anchor ("/") and without following links
@@ -188,6 +195,7 @@ def discover(
         raise DatasetError(f"not a data folder or an audio file ({_EXTENSIONS_TEXT}): {root}")
 
     all_clips = sorted((clip_from_path(f) for f in files), key=lambda c: c.path)
+    all_clips = attach_attribute_csvs(all_clips)  # attributes_XX.csv (DCASE 2022+)
     clips = all_clips
 
     if machine_type is not None:

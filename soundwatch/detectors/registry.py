@@ -37,6 +37,10 @@ BUILTIN: dict[str, tuple[str, str]] = {
         f"{_PACKAGE}.dcase2020_ae",
         "DCASE 2020 baseline: dense autoencoder on 5-frame log-mel vectors",
     ),
+    "dcase2023-ae": (
+        f"{_PACKAGE}.dcase2023_ae",
+        "DCASE 2023 baseline: dense autoencoder, MSE or selective Mahalanobis score",
+    ),
     "efficientat-gmm": (
         f"{_PACKAGE}.embedding",
         "EfficientAT mn04 embeddings + Gaussian mixture negative log-likelihood",
@@ -80,6 +84,11 @@ BUILTIN: dict[str, tuple[str, str]] = {
     "lstm-predictor": (
         f"{_PACKAGE}.recurrent",
         "2-layer LSTM predicting the next log-mel frame from 10; score = prediction MSE",
+    ),
+    "memory-bank": (
+        f"{_PACKAGE}.memory_bank",
+        "training-free memory bank of log-mel or EfficientAT features; kNN, LDN-kNN, "
+        "Mahalanobis or PCA-residual backends, coreset, sub-bands, leave-out fusion",
     ),
     "mlp-ae": (
         f"{_PACKAGE}.mlp_ae",

@@ -549,3 +549,8 @@ class MeanDistanceScorer(Scorer):
 
     def _set_state(self, arrays: dict[str, np.ndarray]) -> None:
         self.centre_ = arrays["centre"].astype(np.float64)
+
+
+# The memory-bank backends (ldn-knn, pca-residual) register here too, so every scorer
+# name is known wherever this module is imported; imported last, as they subclass Scorer.
+from soundwatch.detectors import bank_scorers  # noqa: E402, F401

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import resource
 import shutil
@@ -15,10 +16,13 @@ from pathlib import Path
 
 from soundwatch.data.clips import ANOMALY, Clip
 from soundwatch.data.datasets import discover
+from soundwatch.data.ground_truth import apply_ground_truth
 from soundwatch.data.manifest import anomaly_kinds
 from soundwatch.detectors.base import Detector
 from soundwatch.detectors.modelfile import MODEL_SUFFIX
 from soundwatch.errors import ConfigError, DatasetError
+from soundwatch.evaluation.dcase import check_clips, write_dcase_submission
+from soundwatch.evaluation.dcase_protocols import infer_protocol
 from soundwatch.evaluation.decisions import decision_summary
 from soundwatch.evaluation.fingerprint import fingerprint
 from soundwatch.evaluation.metrics import evaluate_by_kind
@@ -153,6 +157,8 @@ def evaluate(
     overwrite: bool = False,
     calibration_clips: list[Clip] | None = None,
     progress: Callable[[str], None] | None = None,
+    protocol: str | None = None,
+    ground_truth: Path | None = None,
 ) -> Evaluation:
     """Fit ``detector`` on the training normals, score the test clips, write the DCASE files.
 
@@ -175,11 +181,25 @@ def evaluate(
     is complete (see :func:`fresh_folder`), so an overwritten folder holds no file of
     the earlier run, and a failed run leaves the earlier one intact. ``progress``, when
     given, is called with one line per step once the inputs have been checked.
+
+    ``protocol`` (``dcase2020`` ... ``dcase2025``; None: inferred from the test clips'
+    names) selects the year's metrics and submission files, see
+    :mod:`soundwatch.evaluation.dcase`; ``result.json`` holds ``protocol`` and
+    ``protocol_reason`` (``"chosen"`` or why it was inferred). ``ground_truth``: a folder
+    of official ground-truth CSVs that label unlabelled evaluation clips, see
+    :mod:`soundwatch.data.ground_truth`.
     """
     out_dir = Path(out_dir)
     check_out_dir(out_dir, overwrite)
     train = training_clips(root, machine_type)
     test = discover(root, machine_type, split="test")
+    if ground_truth is not None:
+        test = apply_ground_truth(test, ground_truth, machine_type)
+    reason = "chosen"
+    if protocol is None:
+        protocol, reason = infer_protocol(test)
+        reason = f"inferred: {reason}"
+    check_clips(protocol, machine_type, test)
     settings = fingerprint(root, machine_type, detector.name, detector.get_params())
     step = progress or (lambda message: None)
     step(f"training {detector.name} on {len(train)} {machine_type} clips")
@@ -202,6 +222,8 @@ def evaluate(
             score_seconds,
             data_root,
             settings,
+            protocol,
+            reason,
         )
     return Evaluation(result=result, out_dir=out_dir, detector=detector)
 
@@ -216,10 +238,16 @@ def _write_run(
     score_seconds: float,
     data_root: Path,
     settings: dict,
+    protocol: str,
+    protocol_reason: str,
 ) -> dict:
     """Write the DCASE files, ``result.json`` and the model of one run into ``folder``."""
     method = detector.threshold_method
-    result = write_submission(
+    if protocol == "dcase2020":
+        writer = write_submission
+    else:
+        writer = functools.partial(write_dcase_submission, protocol=protocol)
+    result = writer(
         folder,
         machine_type,
         detector.name,
@@ -239,6 +267,8 @@ def _write_run(
             "test_files": [_relative(c.path, data_root) for c in test],
             "per_kind": evaluate_by_kind(test, scores, anomaly_kinds(test)),
             "fingerprint": settings,
+            "protocol": protocol,
+            "protocol_reason": protocol_reason,
             # what the threshold was fitted on; precision, recall, FPR; drift check
             "calibration": detector.calibration_info_,
             **decision_summary(test, scores, detector.thresholds_, method),

@@ -1,0 +1,250 @@
+"""The memory-bank detector family and its backends (soundwatch.detectors.memory_bank)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from soundwatch.detectors import Detector, create
+from soundwatch.detectors.bank_scorers import greedy_coreset
+from soundwatch.detectors.memory_bank import aggregate_scores, augment_arrays
+from soundwatch.detectors.scorers import Scorer, create_scorer
+from soundwatch.errors import ConfigError
+
+# Small banks and few folds keep each fit to about a second on the tiny set.
+SMALL = {"bank_size": 32, "loo_folds": 3, "patch_frames": 8, "patch_hop": 8}
+
+
+def _auc(scores: np.ndarray, labels: np.ndarray) -> float:
+    from sklearn.metrics import roc_auc_score
+
+    return float(roc_auc_score(labels, scores))
+
+
+# ---------------------------------------------------------------- bank helpers
+def test_greedy_coreset_is_bounded_spread_and_deterministic():
+    rng = np.random.default_rng(0)
+    # A dense blob and three far outliers: a coreset of 8 must keep the outliers.
+    x = np.vstack([rng.normal(size=(500, 4)), [[50, 0, 0, 0], [0, 50, 0, 0], [0, 0, 50, 0]]])
+    chosen = greedy_coreset(x, 8, seed=1)
+    assert chosen.shape == (8,) and len(set(chosen.tolist())) == 8
+    assert {500, 501, 502} <= set(chosen.tolist())
+    np.testing.assert_array_equal(chosen, greedy_coreset(x, 8, seed=1))
+    np.testing.assert_array_equal(greedy_coreset(x, 1000), np.arange(len(x)))
+    # High-dimensional rows go through a random projection and still give valid indices.
+    wide = greedy_coreset(rng.normal(size=(300, 400)), 20)
+    assert wide.shape == (20,) and wide.max() < 300
+
+
+@pytest.mark.parametrize("name", ["knn", "ldn-knn", "mahalanobis", "pca-residual"])
+def test_each_backend_scores_outliers_higher_and_round_trips(name):
+    rng = np.random.default_rng(0)
+    # Normals vary in a 2-d subspace of 6 dimensions; outliers leave it.
+    mixing = rng.normal(size=(2, 6))
+
+    def normals(n: int) -> np.ndarray:
+        return rng.normal(size=(n, 2)) @ mixing + 0.1 * rng.normal(size=(n, 6))
+
+    train, inliers = normals(200), normals(20)
+    outliers = normals(20) + 3.0 * rng.normal(size=(20, 6))
+    scorer = create_scorer(name).fit(train)
+    scores = scorer.score(np.vstack([inliers, outliers]))
+    assert _auc(scores, np.r_[np.zeros(20), np.ones(20)]) > 0.95
+    arrays, meta = scorer.state()
+    np.testing.assert_allclose(Scorer.from_state(arrays, meta).score(outliers), scores[20:])
+
+
+def test_ldn_knn_normalises_by_local_density():
+    rng = np.random.default_rng(0)
+    dense = rng.normal(scale=0.1, size=(200, 2))
+    sparse = rng.normal(scale=2.0, size=(200, 2)) + [20.0, 0.0]
+    scorer = create_scorer("ldn-knn", k=3).fit(np.vstack([dense, sparse]))
+    plain = create_scorer("knn", k=3).fit(np.vstack([dense, sparse]))
+    # Equally typical points of the two clusters: plain kNN calls the sparse one far
+    # more anomalous, LDN-kNN scores them alike.
+    probe = np.array([[0.1, 0.0], [22.0, 0.0]])
+    ldn, knn = scorer.score(probe), plain.score(probe)
+    assert knn[1] / knn[0] > 5 and 0.3 < ldn[1] / ldn[0] < 3
+
+
+def test_pca_residual_ignores_the_normal_subspace():
+    rng = np.random.default_rng(0)
+    train = np.zeros((100, 5))
+    train[:, :2] = rng.normal(size=(100, 2)) * 10
+    scorer = create_scorer("pca-residual", variance=0.99).fit(train)
+    along, across = np.array([[30.0, 30, 0, 0, 0]]), np.array([[0.0, 0, 1, 0, 0]])
+    assert scorer.score(along)[0] < 1e-6 < scorer.score(across)[0]
+    with pytest.raises(ConfigError, match="variance"):
+        create_scorer("pca-residual", variance=1.5)
+
+
+def test_aggregate_max_topk_mean():
+    scores = np.array([1.0, 5.0, 3.0, 2.0, 2.0])
+    owners = np.array([0, 0, 0, 1, 1])
+    np.testing.assert_allclose(aggregate_scores(scores, owners, 2, "max", 2), [5, 2])
+    np.testing.assert_allclose(aggregate_scores(scores, owners, 2, "topk", 2), [4, 2])
+    np.testing.assert_allclose(aggregate_scores(scores, owners, 2, "mean", 2), [3, 2])
+
+
+def test_augmentation_copies_shifts_and_mixes():
+    rng = np.random.default_rng(0)
+    arrays = [rng.normal(size=(16, 40)).astype(np.float32) for _ in range(3)]
+    out, sources = augment_arrays(
+        arrays, 2, ["pitch"], max_pitch=2, max_time=0, rng=rng, time_axis=1, pitch_axis=0
+    )
+    assert len(out) == 6 and sources.tolist() == [0, 0, 1, 1, 2, 2]
+    for new, src in zip(out, sources, strict=True):
+        shifted = [np.roll(arrays[src], s, axis=0)[2:-2] for s in (-2, -1, 1, 2)]
+        assert any(np.allclose(new[2:-2], s) for s in shifted)
+    mixed, _ = augment_arrays(arrays, 1, ["mixup"], max_pitch=0, max_time=0, rng=rng)
+    assert all(
+        m.shape == a.shape and not np.allclose(m, a) for m, a in zip(mixed, arrays, strict=True)
+    )
+    # Frame embeddings have no frequency axis: pitch alone gives nothing.
+    frames = [a.T for a in arrays]
+    none, _ = augment_arrays(
+        frames, 2, ["pitch"], max_pitch=2, max_time=0, rng=rng, pitch_axis=None
+    )
+    assert none == []
+
+
+# ---------------------------------------------------------------- the detector
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"feature": "logmel-stats", "level": "clip", "backends": "mahalanobis"},
+        {"feature": "logmel-patch", "level": "frame", "backends": "knn", "aggregate": "max"},
+        {"feature": "logmel-patch", "level": "frame", "backends": "ldn-knn", "aggregate": "topk"},
+        {"feature": "logmel-patch", "level": "clip", "backends": "pca-residual", "subbands": 4},
+        {
+            "feature": "logmel-patch",
+            "level": "frame",
+            "backends": "knn,mahalanobis",
+            "fusion": "min",
+            "aggregate": "mean",
+        },
+    ],
+)
+def test_fit_score_save_load(params, tiny_slider, tmp_path: Path):
+    train, test = tiny_slider
+    detector = create("memory-bank", **SMALL, **params).fit(train)
+    scores = detector.score(test)
+    assert scores.shape == (len(test),) and np.isfinite(scores).all()
+    loaded = Detector.load(detector.save(tmp_path / "bank.safetensors"))
+    np.testing.assert_allclose(loaded.score(test), scores)
+    assert loaded.get_params() == detector.get_params()
+
+
+def test_frame_bank_is_capped_by_the_coreset(tiny_slider):
+    train, _ = tiny_slider
+    detector = create(
+        "memory-bank",
+        **{**SMALL, "patch_hop": 1, "bank_size": 10},
+        level="frame",
+        per_id=False,
+        backends="knn",
+    ).fit(train)
+    (unit,) = detector.units_
+    assert unit.train_.shape[0] == 10
+
+
+def test_leave_out_fusion_standardises_each_unit(tiny_slider):
+    train, _ = tiny_slider
+    detector = create(
+        "memory-bank",
+        **SMALL,
+        per_id=False,
+        backends="knn,mahalanobis,pca-residual",
+        subbands=2,
+        validation_fraction=0.0,
+    ).fit(train)
+    assert len(detector.units_) == 6 and len(detector.loo_mean_) == 6
+    assert (detector.loo_std_ > 0).all()
+    # Training clips score near 0 on the z-scale the leave-out statistics define: a
+    # leave-out score is higher than an in-bank one, so the mean z of training clips is
+    # below 0 but within a few leave-out standard deviations.
+    z = detector.score(train)
+    assert np.isfinite(z).all() and -10 < z.mean() < 1
+
+
+def test_subbands_match_each_band_separately(tiny_slider):
+    train, _ = tiny_slider
+    detector = create("memory-bank", **SMALL, subbands=4, per_id=False).fit(train)
+    bands = detector.bands_
+    assert len(bands) == 4
+    covered = np.sort(np.concatenate(bands))
+    np.testing.assert_array_equal(covered, np.arange(2 * detector.n_mels))
+
+
+def test_augmentation_grows_the_bank_and_keeps_copies_out_of_their_fold(tiny_slider):
+    train, test = tiny_slider
+    big = {**SMALL, "bank_size": 1000}
+    plain = create("memory-bank", **big, per_id=False, backends="knn", augment=0)
+    augmented = create(
+        "memory-bank", **big, per_id=False, backends="knn", augment=3, augment_below=0
+    )
+    plain.fit(train)
+    augmented.fit(train)
+    assert augmented.units_[0].train_.shape[0] == 4 * plain.units_[0].train_.shape[0]
+    assert np.isfinite(augmented.score(test)).all()
+    # Banks of at least augment_below clips are left as recorded.
+    many = create(
+        "memory-bank", **big, per_id=False, backends="knn", augment=3, augment_below=5
+    ).fit(train)
+    assert many.units_[0].train_.shape[0] == plain.units_[0].train_.shape[0]
+
+
+def test_few_shot_ten_clips_separates_anomalies(tmp_path_factory):
+    from soundwatch.data.datasets import discover
+    from soundwatch.synth import generate_dataset
+
+    root = tmp_path_factory.mktemp("ten-shot")
+    generate_dataset(
+        root,
+        "fan",
+        n_ids=1,
+        n_train_per_id=10,
+        n_test_normal_per_id=6,
+        n_test_anomaly_per_id=6,
+        duration=3.0,
+        severity=3.0,
+        progress=False,
+    )
+    train, test = discover(root, "fan", "train"), discover(root, "fan", "test")
+    assert len(train) == 10
+    detector = create("memory-bank").fit(train)
+    labels = np.array([c.label == "anomaly" for c in test], dtype=int)
+    assert _auc(detector.score(test), labels) > 0.7
+
+
+def test_bad_combinations_are_refused():
+    with pytest.raises(ConfigError, match="level=clip"):
+        create("memory-bank", feature="logmel-stats", level="frame")
+    with pytest.raises(ConfigError, match="subbands need a frequency axis"):
+        create("memory-bank", feature="efficientat", subbands=2)
+    with pytest.raises(ConfigError, match="backends must be"):
+        create("memory-bank", backends="knn,nope")
+    with pytest.raises(ConfigError, match="augment_ops must be"):
+        create("memory-bank", augment_ops="")
+
+
+@pytest.mark.parametrize("level", ["clip", "frame"])
+def test_efficientat_banks(level, tiny_slider, efficientat_weights, monkeypatch, tmp_path: Path):
+    monkeypatch.setenv("SOUNDWATCH_EFFICIENTAT_WEIGHTS", str(efficientat_weights))
+    train, test = tiny_slider
+    detector = create(
+        "memory-bank",
+        **SMALL,
+        feature="efficientat",
+        level=level,
+        backends="knn,mahalanobis",
+        metric="cosine",
+        k=1,
+    ).fit(train)
+    scores = detector.score(test)
+    assert scores.shape == (len(test),) and np.isfinite(scores).all()
+    np.testing.assert_allclose(
+        Detector.load(detector.save(tmp_path / "m.safetensors")).score(test), scores
+    )
