@@ -642,6 +642,129 @@ def cmd_monitor(args: argparse.Namespace) -> int:
     return EXIT_ERROR if summary.unrecorded else 0
 
 
+# ---------------------------------------------------------------------- serve
+def _add_serve_command(sub) -> None:
+    p = sub.add_parser(
+        "serve",
+        help="score clips over HTTP and show a live dashboard",
+        description="Serve POST /v1/score (a WAV or FLAC upload, a machine name and "
+        "store=true to keep the score), GET /v1/machines, /v1/machines/NAME/scores, "
+        "/v1/alerts, /healthz and /metrics (Prometheus), and a dashboard at /dashboard/ "
+        "with each machine's score timeline, alerts and last clip. Scoring runs in worker "
+        "threads behind a bounded queue; a full queue answers 503 with Retry-After. "
+        "Uploads are not written to the feature cache. Needs the [serve] extra: "
+        'pip install "soundwatch[serve]". See docs/deploy.md.',
+    )
+    p.add_argument(
+        "--model",
+        "-M",
+        action="append",
+        required=True,
+        metavar="MACHINE=MODEL_FILE",
+        help="a machine name and its model file (repeatable)",
+    )
+    p.add_argument(
+        "--db",
+        help="event store (SQLite file) for scores and alerts, e.g. one that "
+        "`soundwatch monitor` writes (default: none; store=true is then refused)",
+    )
+    p.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to listen on (default: "
+        "127.0.0.1, this machine only; 0.0.0.0 listens on every interface)",
+    )
+    p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    p.add_argument(
+        "--token",
+        default=os.environ.get("SOUNDWATCH_TOKEN"),
+        help="require 'Authorization: Bearer TOKEN' on /v1 and /metrics (default: "
+        "$SOUNDWATCH_TOKEN; none: no token needed)",
+    )
+    p.add_argument(
+        "--max-upload-mb", type=float, default=16.0, help="larger uploads get 413 (default 16)"
+    )
+    p.add_argument(
+        "--queue-size",
+        type=int,
+        default=64,
+        help="clips waiting to be scored before requests get 503 (default 64)",
+    )
+    p.add_argument("--workers", type=int, default=1, help="scoring threads (default 1)")
+    p.add_argument(
+        "--max-batch",
+        type=int,
+        default=16,
+        help="clips of one machine scored together under load (default 16)",
+    )
+    p.add_argument(
+        "--alert",
+        metavar="RULE",
+        help="alert rule over the stored scores of each machine: k-of-n:K/N[:M] (K of "
+        "the last N clips anomalous; close after M normal) or median:W (default "
+        "k-of-n:3/5); needs --db",
+    )
+    p.add_argument(
+        "--webhook",
+        action="append",
+        metavar="URL",
+        help="POST each alert as JSON here "
+        "(repeatable; retried with backoff, never blocks scoring)",
+    )
+    p.add_argument(
+        "--alert-command",
+        metavar="CMD",
+        help="shell command run for each alert (the "
+        "alert as JSON on stdin and in $SOUNDWATCH_EVENT)",
+    )
+    _add_threshold_option(p, REFIT_THRESHOLD_HELP)
+    p.add_argument(
+        "--strict",
+        action="store_true",
+        help="refuse (422) clips of another sample rate, channel count or duration than "
+        "the training data (default: answer with warnings)",
+    )
+    p.set_defaults(func=cmd_serve)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    try:
+        from soundwatch.services.server import build_app_from_options, run
+    except ImportError as exc:
+        raise ConfigError(
+            f"serve needs the [serve] extra ({exc.name} is missing): "
+            'pip install "soundwatch[serve]"'
+        ) from None
+    models = {}
+    for item in args.model:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path:
+            raise ConfigError(f"--model wants MACHINE=MODEL_FILE, got {item!r}")
+        if name in models:
+            raise ConfigError(f"--model: machine {name!r} is given twice")
+        models[name] = path
+    if not 0 < args.port < 65536:
+        raise ConfigError(f"--port must be 1-65535, got {args.port}")
+    app = build_app_from_options(
+        models,
+        db=args.db,
+        token=args.token,
+        max_upload_mb=args.max_upload_mb,
+        queue_size=args.queue_size,
+        workers=args.workers,
+        max_batch=args.max_batch,
+        threshold=args.threshold,
+        strict=args.strict,
+        alert=args.alert,
+        webhooks=args.webhook,
+        alert_command=args.alert_command,
+    )
+    # Every upload is a new file: caching its features would only fill the disk.
+    os.environ["SOUNDWATCH_CACHE"] = "off"
+    run(app, args.host, args.port)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="soundwatch",
@@ -885,6 +1008,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_detector_options(p)
     p.set_defaults(func=cmd_demo)
     _add_monitor_command(sub)
+    _add_serve_command(sub)
     return parser
 
 
