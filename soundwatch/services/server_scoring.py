@@ -254,10 +254,12 @@ class ScoringService:
         try:
             for _, answer in chosen:
                 answer.duplicate = self.store.has_clip(answer.clip_key, machine)
+            # An upload has no lasting path (its temporary file is gone): its source
+            # names it instead.
             refs = [
                 ClipRef(
                     key=answer.clip_key,
-                    source="http",
+                    source=f"http:{upload.filename}",
                     duration=upload.info.get("duration"),
                     sample_rate=upload.info.get("sample_rate"),
                     recorded_at=upload.received_at,

@@ -46,7 +46,15 @@ function clock(epoch) {
 
 function fmt(x) {
   if (x === null || x === undefined) return "–";
-  return Math.abs(x) >= 1000 || Math.abs(x) < 0.01 ? x.toExponential(3) : x.toPrecision(4);
+  const size = Math.abs(x);
+  if (size >= 1e5 || (size > 0 && size < 1e-3)) return x.toExponential(2);
+  return String(Number(x.toPrecision(4)));
+}
+
+function clipName(r) {
+  if (r.path) return r.path.split("/").pop();
+  if (r.source && r.source.startsWith("http:")) return r.source.slice(5) + " (upload)";
+  return (r.clip_key || "").slice(0, 19) + "…";
 }
 
 function panelFor(info) {
@@ -124,8 +132,12 @@ function drawTimeline(m) {
                    `threshold ${fmt(r.threshold)}${r.decision ? "  ANOMALOUS" : ""}`));
     chart.append(dot);
   }
-  chart.append(svg("text", { x: W - right, y: top + 8, "text-anchor": "end", class: "legend" },
-                   "- - threshold   ● normal   ● anomalous"));
+  const legend = svg("text", { x: (W + left) / 2, y: H - 6, "text-anchor": "middle",
+                               class: "legend" });
+  legend.append(svg("tspan", { class: "point-1" }, "- - "), "threshold  ",
+                svg("tspan", { class: "point-0" }, "● "), "normal  ",
+                svg("tspan", { class: "point-1" }, "● "), "anomalous");
+  chart.append(legend);
 }
 
 function showLast(m, info) {
@@ -136,7 +148,7 @@ function showLast(m, info) {
                         `${info.n_scores} scores stored`].filter(Boolean).join(" · ");
   if (!r) return;
   m.last.replaceChildren(
-    "last clip ", el("b", {}, (r.path || r.clip_key || "").split("/").pop().slice(0, 40)),
+    "last clip ", el("b", {}, clipName(r)),
     ` at ${clock(r.scored_at)}: score ${fmt(r.score)}, threshold ${fmt(r.threshold)} → `,
     el("span", { class: "decision-" + (r.decision ? 1 : 0), "data-role": "decision" },
        r.decision ? "anomalous" : "normal"));
