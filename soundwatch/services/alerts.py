@@ -304,6 +304,12 @@ class AlertEngine:
             self._open[machine] = open_id
         return self._recent[machine]
 
+    def prepare(self, machines: Sequence[str]) -> None:
+        """Read the history of machines not seen yet from the store; call it before the
+        results to be fed are recorded, so that they are not counted twice."""
+        for machine in machines:
+            self._history(machine)
+
     def is_open(self, machine: str) -> bool:
         """Whether ``machine`` has an open alert of this rule."""
         self._history(machine)

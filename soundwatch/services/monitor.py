@@ -344,6 +344,7 @@ class Monitor:
             )
             for warning in result.warnings:
                 log.warning("warning: %s", warning)
+        self.alerts.prepare({r.machine for r in results})
         self._record(results, refs)
         opened, closed = self.alerts.opened, self.alerts.closed
         self.alerts.feed(results)

@@ -116,6 +116,9 @@ class MonitorConfig:
                 value = getattr(self.stream, what)
                 if value is not None and not value > 0:
                     raise ConfigError(f"stream {what}: must be positive, got {value}")
+        for url in self.webhooks:
+            if not url.startswith(("http://", "https://")):
+                raise ConfigError(f"webhook {url!r}: expected an http:// or https:// URL")
         if self.retention_days is not None and not self.retention_days > 0:
             raise ConfigError(f"retention: must be positive days, got {self.retention_days}")
         if not self.stable_seconds >= 0:
@@ -184,6 +187,8 @@ def _cli_route(item: str, models: dict[str, Path]) -> Route:
     if not sep or name not in models:
         name, folder = "", item
     if not name:
+        if not models:
+            raise ConfigError(f"--watch {item}: no model; give --model NAME=MODEL.safetensors")
         if len(models) != 1:
             raise ConfigError(
                 f"--watch {item}: several models ({', '.join(models)}); name the machine: "

@@ -16,7 +16,7 @@ import queue
 import struct
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -348,9 +348,3 @@ def microphone_chunks(
                 yield chunks.get(timeout=0.2)
             except queue.Empty:
                 continue
-
-
-def run_in_thread(target: Callable[[], None], name: str) -> threading.Thread:
-    thread = threading.Thread(target=target, name=name, daemon=True)
-    thread.start()
-    return thread
