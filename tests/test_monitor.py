@@ -164,6 +164,13 @@ def test_once_scores_a_folder_and_a_rerun_scores_nothing_twice(trained, tmp_path
     summary = again.run()
     assert (summary.scored, summary.already_stored) == (0, 5)
     assert len(_scores(tmp_path / "events.db")) == 4
+    # Two copies of a new clip arriving together are scored once.
+    _noise(incoming / "twin1.wav", 5)
+    shutil.copy(incoming / "twin1.wav", incoming / "twin2.wav")
+    config = _config(trained, tmp_path, watch=[str(tmp_path / "incoming")])
+    summary = Monitor(config, once=True).run()
+    assert (summary.scored, summary.already_stored) == (1, 6)
+    assert len(_scores(tmp_path / "events.db")) == 5
 
 
 def test_scores_match_the_runtime(trained, tmp_path) -> None:
@@ -256,6 +263,7 @@ def test_bad_options_are_one_line_errors(trained, tmp_path, capsys) -> None:
         (["-M", f"slider={tmp_path / 'none.safetensors'}", "--watch", str(tmp_path)], "no such"),
         (["-M", f"slider={trained['model']}", "--watch", str(tmp_path / "nope")], "not a folder"),
         (["-M", f"slider={trained['model']}", "--stdin", "pump"], "no model for machine"),
+        (["-M", f"slider={trained['model']}", "--stdin", "slider", "--hop", "0"], "hop"),
         (["-M", f"s={trained['model']}", "--watch", str(tmp_path), "--alert", "k-of-n:9/3"], "k"),
         (["-M", "a=x", "-M", "b=y", "--watch", str(tmp_path)], "name the machine"),
         (["--config", str(tmp_path / "missing.toml")], "--config"),

@@ -281,6 +281,7 @@ class Monitor:
     # ----------------------------------------------------------------- scoring
     def _score_files(self, files: list[Path]) -> None:
         by_machine: dict[str, list[tuple[Path, ClipRef]]] = {}
+        keys: set[tuple[str, str]] = set()
         for path in files:
             machine = self.config.route(path)
             if machine is None:
@@ -292,13 +293,17 @@ class Monitor:
             except OSError as exc:
                 log.warning("%s: vanished before scoring (%s)", path, exc.strerror or exc)
                 continue
-            if self._stored(ref.key, machine):
+            if (ref.key, machine) in keys or self._stored(ref.key, machine):
+                # Same content as a clip already scored (or about to be, in this batch).
                 self.summary.already_stored += 1
                 log.debug("%s: already scored by %s; skipped", path, machine)
                 continue
+            keys.add((ref.key, machine))
             by_machine.setdefault(machine, []).append((path, ref))
         for machine, items in by_machine.items():
             for start in range(0, len(items), BATCH_MAX):
+                if self._stop.is_set():
+                    return  # what is left is scored on the next start
                 batch = items[start : start + BATCH_MAX]
                 results = self._score([p for p, _ in batch], machine)
                 self._handle(results, [r for _, r in batch])

@@ -112,6 +112,11 @@ class MonitorConfig:
                     f"stream format {self.stream.format!r}: expected auto, wav, "
                     + ", ".join(RAW_FORMATS)
                 )
+            if self.stream.microphone:
+                try:
+                    import sounddevice  # noqa: F401
+                except (ImportError, OSError) as exc:
+                    raise ConfigError(f"--mic needs sounddevice and PortAudio ({exc})") from exc
             for what in ("window_seconds", "hop_seconds"):
                 value = getattr(self.stream, what)
                 if value is not None and not value > 0:
