@@ -569,10 +569,13 @@ def test_changed_config_applies_without_restart(trained, tmp_path, caplog) -> No
     second.mkdir()
     config_file = tmp_path / "monitor.toml"
 
-    def write(folder: Path) -> None:
+    broken = tmp_path / "broken.safetensors"
+    broken.write_bytes(b"not a model")
+
+    def write(folder: Path, extra: str = "") -> None:
         config_file.write_text(
             f'db = "events.db"\nstable_seconds = 0.2\n[models]\nslider = "{trained["model"]}"\n'
-            f'[[watch]]\npath = "{folder.name}"\n'
+            f'{extra}[[watch]]\npath = "{folder.name}"\nmachine = "slider"\n'
         )
 
     write(first)
@@ -584,8 +587,10 @@ def test_changed_config_applies_without_restart(trained, tmp_path, caplog) -> No
         config_file.write_text("models = [\n")  # broken: the running config stays
         _wait(lambda: "keeping the running config" in caplog.text, "the refused config")
         time.sleep(0.05)
-        write(second)
-        _wait(lambda: "reloaded" in caplog.text, "the config reload")
+        # The new config moves the folder and adds a machine whose model is broken.
+        write(second, f'pump = "{broken}"\n')
+        _wait(lambda: "monitor.toml reloaded" in caplog.text, "the reload")
+        assert "model pump failed to load, keeping the old one" in caplog.text
         shutil.copy(trained["normals"][0], second / "a.wav")
         _wait(lambda: monitor.summary.scored == 1, "a score from the new folder")
     finally:

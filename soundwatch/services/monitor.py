@@ -445,19 +445,21 @@ class Monitor:
         except SoundwatchError as exc:
             log.error("error: %s; keeping the running config", exc)
             return
-        for name, path in config.models.items():
+        for name, path in list(config.models.items()):
             if self.config.models.get(name) != path or name not in self.runtime.machines:
+                self._signatures[path] = _signature(path)
                 if not self._reload_model(name, path):
-                    config.models.pop(name)
+                    # The running model (if any) stays, with its file.
+                    del config.models[name]
                     if name in self.config.models:
                         config.models[name] = self.config.models[name]
-                self._signatures[path] = _signature(path)
         config.routes = [r for r in config.routes if r.machine in self.runtime.machines]
         roots_changed = {r.root for r in config.routes} != {r.root for r in self.config.routes}
         if config.rule.describe() != self.config.rule.describe():
             self.alerts = AlertEngine(config.rule, self.notifier, self.store)
         if (config.webhooks, config.command) != (self.config.webhooks, self.config.command):
-            self.notifier.close()
+            # The old notifier delivers what it holds in the background.
+            threading.Thread(target=self.notifier.close, daemon=True).start()
             self.notifier = Notifier(
                 config.webhooks, config.command, config.retries, config.backoff_seconds
             )
