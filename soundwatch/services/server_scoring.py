@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import shutil
 import tempfile
 import threading
@@ -32,6 +33,8 @@ logger = logging.getLogger("soundwatch.serve")
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 # Rule name of the alert opened while scores cannot be stored.
 STORE_RULE = "store"
+# A memory-backed folder for the uploads being scored (Linux).
+SHARED_MEMORY = "/dev/shm"
 # Characters kept from an uploaded file name (the name carries the machine ID).
 _SAFE_NAME_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
 
@@ -179,7 +182,14 @@ class ScoringService:
         self.runtime = runtime
         self.alerts = alerts
         self._alerts_lock = threading.Lock()  # the engine keeps per-machine history
-        self._folder = Path(tempfile.mkdtemp(prefix="soundwatch-serve-"))
+        # Uploads live in files only while they are scored (detectors read files): in
+        # memory (/dev/shm) where there is one, which makes writing and removing them
+        # several times cheaper; on disk when it is missing or full.
+        self._folders = [Path(tempfile.mkdtemp(prefix="soundwatch-serve-"))]
+        if os.path.isdir(SHARED_MEMORY) and os.access(SHARED_MEMORY, os.W_OK):
+            self._folders.insert(
+                0, Path(tempfile.mkdtemp(prefix="soundwatch-serve-", dir=SHARED_MEMORY))
+            )
         self._lock = threading.Lock()
         self._store_alerts: dict[str, dict] = {}
         self._next_alert_id = -1
@@ -200,20 +210,14 @@ class ScoringService:
             self.alerts.notifier.close()
         if self.store is not None:
             self.store.close()
-        shutil.rmtree(self._folder, ignore_errors=True)
+        for folder in self._folders:
+            shutil.rmtree(folder, ignore_errors=True)
 
     # ------------------------------------------------------------------ scoring
     def _score_batch(self, machine: str, jobs: Sequence[Job]) -> list[Scored]:
         uploads: list[Upload] = [job.payload for job in jobs]
-        folder = Path(tempfile.mkdtemp(dir=self._folder))
+        folder, paths = self._write(uploads)
         try:
-            paths = []
-            for i, upload in enumerate(uploads):
-                # One sub-folder per clip: two uploads may carry the same name.
-                path = folder / str(i) / safe_filename(upload.filename)
-                path.parent.mkdir()
-                path.write_bytes(upload.data)
-                paths.append(path)
             results = self.runtime.score(paths, machine)
         finally:
             shutil.rmtree(folder, ignore_errors=True)
@@ -236,6 +240,16 @@ class ScoringService:
             with self._lock:
                 self.last_uploads[machine] = (upload, answer)
         return answers
+
+    def _write(self, uploads: Sequence[Upload]) -> tuple[Path, list[Path]]:
+        """Write a batch of uploads to a new folder; returns it and the files."""
+        *preferred, last = self._folders
+        for base in preferred:
+            try:
+                return _write_uploads(base, uploads)
+            except OSError:  # /dev/shm is full: the disk takes the batch
+                pass
+        return _write_uploads(last, uploads)
 
     def _store(self, machine: str, uploads: Sequence[Upload], answers: list[Scored]) -> None:
         """Record the good results of ``store=true`` uploads; a store failure leaves the
@@ -311,6 +325,22 @@ class ScoringService:
         with self._lock:
             alerts = list(self._store_alerts.values())
         return [a for a in alerts if machine is None or a["machine"] == machine]
+
+
+def _write_uploads(base: Path, uploads: Sequence[Upload]) -> tuple[Path, list[Path]]:
+    folder = Path(tempfile.mkdtemp(dir=base))
+    try:
+        paths = []
+        for i, upload in enumerate(uploads):
+            # One sub-folder per clip: two uploads may carry the same name.
+            path = folder / str(i) / safe_filename(upload.filename)
+            path.parent.mkdir()
+            path.write_bytes(upload.data)
+            paths.append(path)
+    except OSError:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
+    return folder, paths
 
 
 def safe_filename(name: str) -> str:
