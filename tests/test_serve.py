@@ -256,14 +256,18 @@ def test_store_fault_keeps_scoring_and_raises_an_alert(model, test_clips, tmp_pa
 
 
 def test_anomalies_open_an_alert_in_the_store(model, test_clips, tmp_path):
-    anomalies = [c for c in test_clips if c.name.startswith("anomaly")]
+    results = ScoringRuntime().load({"slider": model}).score(test_clips)
+    flagged = [r.path for r in results if r.decision == 1]
+    assert len(flagged) >= 2  # the seeded synthetic anomalies are loud
     service = make_service(model, tmp_path / "events.db")  # rule: 2 of the last 3
     with running_server(service) as base:
-        decisions = [_post(base, c, store="true").json()["decision"] for c in anomalies]
-        alerts = httpx.get(f"{base}/v1/alerts").json()["alerts"]
-    assert sum(decisions) >= 2  # the seeded synthetic anomalies are loud
-    assert [a["rule"] for a in alerts] == ["k-of-n"] and alerts[0]["closed_at"] is None
-    assert "anomalous" in alerts[0]["reason"]
+        opened = []
+        for clip in flagged[:2]:
+            assert _post(base, clip, store="true").json()["decision"] == 1
+            opened.append(httpx.get(f"{base}/v1/alerts").json()["alerts"])
+    assert opened[0] == []  # one anomalous clip is not two (nothing counted twice)
+    assert [a["rule"] for a in opened[1]] == ["k-of-n"] and opened[1][0]["closed_at"] is None
+    assert opened[1][0]["reason"].startswith("2 of the last 2 clips anomalous")
 
 
 def test_serve_command_refuses_bad_options(capsys, tmp_path, model):

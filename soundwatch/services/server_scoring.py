@@ -265,6 +265,9 @@ class ScoringService:
             for _, answer in chosen:
                 answer.store_error = "the server has no event store (--db)"
             return
+        if self.alerts is not None:
+            with self._alerts_lock:  # history from the store before this batch is in it
+                self.alerts.prepare([machine])
         try:
             for _, answer in chosen:
                 answer.duplicate = self.store.has_clip(answer.clip_key, machine)
