@@ -712,10 +712,10 @@ def _add_serve_command(sub) -> None:
         "(repeatable; retried with backoff, never blocks scoring)",
     )
     p.add_argument(
-        "--alert-command",
-        metavar="CMD",
-        help="shell command run for each alert (the "
-        "alert as JSON on stdin and in $SOUNDWATCH_EVENT)",
+        "--on-alert",
+        metavar="COMMAND",
+        help="shell command run for each alert (the alert as JSON on stdin and in "
+        "$SOUNDWATCH_EVENT)",
     )
     _add_threshold_option(p, REFIT_THRESHOLD_HELP)
     p.add_argument(
@@ -757,7 +757,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         strict=args.strict,
         alert=args.alert,
         webhooks=args.webhook,
-        alert_command=args.alert_command,
+        alert_command=args.on_alert,
     )
     # Every upload is a new file: caching its features would only fill the disk.
     os.environ["SOUNDWATCH_CACHE"] = "off"
