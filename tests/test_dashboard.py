@@ -100,6 +100,9 @@ def test_dashboard_shows_new_scores_and_alerts_live(tmp_path):
                 timeout=30_000,
             )
             assert "log-mel" in panel.locator("figcaption").inner_text()
+            # Polls since then (they ask again for the last seconds) added no duplicate.
+            timeline = panel.locator("svg.timeline")
+            assert timeline.get_attribute("data-points") == str(1 + len(anomalies))
             assert page.evaluate("window.__notReloaded") is True
             assert errors == []
             page.screenshot(path=str(shot), full_page=True)

@@ -9,6 +9,9 @@ if (params.get("token")) sessionStorage.setItem("soundwatch-token", params.get("
 const TOKEN = sessionStorage.getItem("soundwatch-token");
 const INTERVAL_MS = 1000 * Number(params.get("interval") || 2);
 const KEEP = 2000; // scores kept per panel
+// Ask again for this many seconds before the newest score seen: a writer (another
+// process, another scoring thread) may commit a score stamped a moment earlier after it.
+const OVERLAP_S = 10;
 const SVG = "http://www.w3.org/2000/svg";
 
 const machines = new Map(); // name -> {panel, scores, since, lastKey, ...}
@@ -78,7 +81,7 @@ function panelFor(info) {
   panel.append(title, meta, last, chart, figure, alertsTitle, alerts);
   document.getElementById("machines").append(panel);
   m = { panel, meta, last, chart, figure, img, caption, alerts, badge: title.lastChild,
-        scores: [], since: null, lastKey: null, loadingFigure: false };
+        scores: [], seen: new Set(), since: null, lastKey: null, loadingFigure: false };
   machines.set(info.name, m);
   return m;
 }
@@ -198,12 +201,20 @@ async function refresh() {
       api("/v1/machines"), api("/v1/alerts?limit=200")]);
     for (const info of infos) {
       const m = panelFor(info);
-      const query = m.since === null ? "limit=500" : "since=" + m.since;
+      const query = m.since === null ? "limit=500" : `since=${m.since - OVERLAP_S}&limit=5000`;
       const { scores } = await api(`/v1/machines/${encodeURIComponent(info.name)}/scores?${query}`);
-      if (scores.length) {
-        m.scores.push(...scores);
-        if (m.scores.length > KEEP) m.scores.splice(0, m.scores.length - KEEP);
+      const fresh = scores.filter((r) => !m.seen.has(r.clip_key));
+      if (fresh.length) {
+        for (const r of fresh) m.seen.add(r.clip_key);
+        m.scores.push(...fresh);
+        m.scores.sort((a, b) => a.scored_at - b.scored_at);
         m.since = m.scores[m.scores.length - 1].scored_at;
+        if (m.scores.length > KEEP) {
+          // Forget the keys of dropped scores only once no query can bring them back.
+          for (const r of m.scores.splice(0, m.scores.length - KEEP)) {
+            if (r.scored_at < m.since - OVERLAP_S) m.seen.delete(r.clip_key);
+          }
+        }
         drawTimeline(m);
       } else if (!m.chart.hasChildNodes()) {
         drawTimeline(m);
