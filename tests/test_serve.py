@@ -17,6 +17,7 @@ from serve_helpers import make_service, running_server, train_small_model, wav_b
 
 from soundwatch.cli.main import main
 from soundwatch.runtime import ScoringRuntime
+from soundwatch.services.server_queue import QueueClosedError, QueueFullError, ScoringQueue
 
 
 @pytest.fixture(scope="module")
@@ -196,7 +197,7 @@ def test_a_full_queue_answers_503_with_retry_after(model, test_clips):
     assert answers["first"].status_code == 200 and answers["second"].status_code == 200
 
 
-def test_concurrent_requests_are_batched_and_each_answered_once(model, test_clips, tmp_path):
+def test_concurrent_requests_are_each_answered_and_stored_once(model, test_clips, tmp_path):
     rng = np.random.default_rng(1)
     base_clip, sr = _read(test_clips[0])
     # Distinct clips: the normal clip with a little noise of its own each.
@@ -224,6 +225,39 @@ def test_concurrent_requests_are_batched_and_each_answered_once(model, test_clip
     assert sorted(s["clip_key"] for s in stored) == sorted(keys)
     by_key = {s["clip_key"]: s["score"] for s in stored}
     assert all(by_key[a["clip_key"]] == a["score"] for a in answers)
+
+
+def test_queue_batches_per_machine_and_fails_only_the_bad_clip():
+    gate = threading.Event()
+    batches: list[list[str]] = []
+
+    def score_batch(machine, jobs):
+        gate.wait(30)
+        batches.append([job.payload for job in jobs])
+        if any(job.payload == "bad" for job in jobs):
+            raise ValueError("bad clip")
+        return [f"{machine}:{job.payload}" for job in jobs]
+
+    queue = ScoringQueue(score_batch, capacity=10, workers=1, max_batch=3)
+    first = queue.submit("a", "a0")  # taken by the worker, which waits at the gate
+    while queue.depth:
+        time.sleep(0.01)
+    futures = [
+        queue.submit(m, p)
+        for m, p in [("a", "a1"), ("b", "b1"), ("a", "bad"), ("a", "a3"), ("a", "a4")]
+    ]
+    with pytest.raises(QueueFullError):
+        for i in range(10):
+            queue.submit("c", f"c{i}")
+    gate.set()
+    assert first.result(30) == "a:a0"
+    assert [f.exception(30) is None for f in futures] == [True, True, False, True, True]
+    assert futures[0].result() == "a:a1" and futures[4].result() == "a:a4"
+    queue.close()
+    # a1, bad and a3 went together (max_batch 3); the failure was retried clip by clip.
+    assert batches[:4] == [["a0"], ["a1", "bad", "a3"], ["a1"], ["bad"]]
+    with pytest.raises(QueueClosedError):
+        queue.submit("a", "late")
 
 
 @pytest.mark.parametrize("fault", ["disk full", "read-only"])
