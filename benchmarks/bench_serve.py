@@ -110,6 +110,13 @@ def main() -> int:
     p50, p95, p99 = np.percentile(latencies, [50, 95, 99]) * 1000
     print(f"throughput: {len(results) / wall:.1f} clips/s ({len(results)} in {wall:.1f} s)")
     print(f"latency: p50 {p50:.0f} ms, p95 {p95:.0f} ms, p99 {p99:.0f} ms")
+    by_order = sorted(results, key=lambda r: r["i"])
+    cold = max(r["latency"] for r in by_order[: args.clients]) * 1000
+    warm = np.percentile([r["latency"] for r in by_order[args.clients :]], 99) * 1000
+    print(
+        f"cold start: the first {args.clients} requests took up to {cold:.0f} ms; "
+        f"p99 of the others {warm:.0f} ms"
+    )
     print(f"server peak memory: {peak_mb:.0f} MB resident")
     n = len(results)
     print(

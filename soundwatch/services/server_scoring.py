@@ -286,7 +286,6 @@ class ScoringService:
             self.runtime.record([answer.result for _, answer in chosen], refs)
         except StoreError as exc:
             self.metrics.store_errors.inc()
-            logger.error("error: %s; scoring continues without storing", exc)
             for _, answer in chosen:
                 answer.store_error = str(exc)
             self._open_store_alert(machine, str(exc))
@@ -301,7 +300,8 @@ class ScoringService:
 
     # ------------------------------------------------------------------ alerts
     def _open_store_alert(self, machine: str, message: str) -> None:
-        """An alert kept in memory (the store cannot take it) until a write succeeds."""
+        """An alert kept in memory (the store cannot take it) until a write succeeds;
+        one error line when it opens, not one per clip."""
         with self._lock:
             if machine in self._store_alerts:
                 return
@@ -315,7 +315,7 @@ class ScoringService:
                 "close_reason": None,
             }
             self._next_alert_id -= 1
-        logger.warning("alert on %s: scores are not being stored", machine)
+        logger.error("error: %s; %s is scored but not stored (alert open)", message, machine)
 
     def _close_store_alert(self, machine: str) -> None:
         with self._lock:
