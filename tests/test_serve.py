@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import io
+import logging
 import sqlite3
 import threading
 import time
@@ -261,7 +262,8 @@ def test_queue_batches_per_machine_and_fails_only_the_bad_clip():
 
 
 @pytest.mark.parametrize("fault", ["disk full", "read-only"])
-def test_store_fault_keeps_scoring_and_raises_an_alert(model, test_clips, tmp_path, fault):
+def test_store_fault_keeps_scoring_and_raises_an_alert(model, test_clips, tmp_path, fault, caplog):
+    caplog.set_level(logging.ERROR, logger="soundwatch.serve")
     service = make_service(model, tmp_path / "events.db")
     store = service.store
     clip = test_clips[0]
@@ -274,12 +276,16 @@ def test_store_fault_keeps_scoring_and_raises_an_alert(model, test_clips, tmp_pa
                 connection.execute("PRAGMA query_only = ON")
         answer = _post(base, clip, store="true").json()
         assert answer["score"] is not None and answer["stored"] is False
-        assert ("disk is full" if fault == "disk full" else "read-only") in answer["store_error"]
+        expected = "disk is full" if fault == "disk full" else "read-only"
+        assert expected in answer["store_error"]
+        assert _post(base, test_clips[1], store="true").json()["stored"] is False
+        lines = [r.getMessage() for r in caplog.records if r.name == "soundwatch.serve"]
+        assert len(lines) == 1 and lines[0].startswith("error: ") and expected in lines[0]
         alerts = httpx.get(f"{base}/v1/alerts", params={"open_only": "true"}).json()["alerts"]
         assert [a["rule"] for a in alerts] == ["store"]
         assert "not being stored" in alerts[0]["reason"] and alerts[0]["closed_at"] is None
         assert httpx.get(f"{base}/healthz").json()["store_alerts"] == 1
-        assert "soundwatch_store_errors_total 1.0" in httpx.get(f"{base}/metrics").text
+        assert "soundwatch_store_errors_total 2.0" in httpx.get(f"{base}/metrics").text
         # The disk is freed (the file made writable): the next clip is stored, the
         # alert closes.
         with store._lock:
