@@ -310,6 +310,55 @@ def test_anomalies_open_an_alert_in_the_store(model, test_clips, tmp_path):
     assert opened[1][0]["reason"].startswith("2 of the last 2 clips anomalous")
 
 
+def test_serve_command_serves_until_sigterm(model, test_clips, tmp_path):
+    import os
+    import signal
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    command = [sys.executable, "-m", "soundwatch", "--threads", "1", "serve"]
+    command += ["--model", f"slider={model}", "--db", str(tmp_path / "events.db")]
+    command += ["--port", str(port), "--token", "t0ken"]
+    server = subprocess.Popen(
+        command,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        cwd=tmp_path,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert server.poll() is None, server.stdout.read()
+            try:
+                if httpx.get(f"{base}/healthz", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                assert time.monotonic() < deadline, "serve did not start"
+                time.sleep(0.3)
+        with open(test_clips[0], "rb") as handle:
+            answer = httpx.post(
+                f"{base}/v1/score",
+                files={"file": (test_clips[0].name, handle)},
+                data={"machine": "slider", "store": "true"},
+                headers={"Authorization": "Bearer t0ken"},
+                timeout=60,
+            )
+        assert answer.status_code == 200 and answer.json()["stored"] is True
+    finally:
+        server.send_signal(signal.SIGTERM)
+        out, _ = server.communicate(timeout=60)
+    assert server.returncode == 0, out
+    assert f"serving slider on http://localhost:{port}" in out and "Traceback" not in out
+    assert out.rstrip().endswith("stopped")
+
+
 def test_serve_command_refuses_bad_options(capsys, tmp_path, model):
     assert main(["serve", "--model", f"slider={tmp_path / 'absent.safetensors'}"]) == 1
     err = capsys.readouterr().err.strip()

@@ -24,11 +24,14 @@ Endpoints
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import io
 import logging
 import math
+import signal
 import time
+from collections.abc import Iterator
 from contextlib import asynccontextmanager
 from datetime import datetime
 from importlib import resources
@@ -541,18 +544,33 @@ def build_app_from_options(
 
 
 def run(app: FastAPI, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT) -> None:
-    """Listen until SIGINT or SIGTERM; queued clips are scored before it returns."""
+    """Listen until SIGINT or SIGTERM; the requests in hand are answered and the queued
+    clips scored before it returns (normally: a stop signal is not an error)."""
     import uvicorn
+
+    class Server(uvicorn.Server):
+        # uvicorn re-raises a stop signal after its graceful shutdown, which would make
+        # Ctrl-C look like an interruption and SIGTERM like a crash; stop like it, then
+        # return.
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            stops = (signal.SIGINT, signal.SIGTERM)
+            previous = {sig: signal.signal(sig, self.handle_exit) for sig in stops}
+            try:
+                yield
+            finally:
+                for sig, handler in previous.items():
+                    signal.signal(sig, handler)
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     config = uvicorn.Config(
         app, host=host, port=port, log_level="warning", access_log=False, lifespan="on"
     )
-    server = uvicorn.Server(config)
     shown = "localhost" if host in ("127.0.0.1", "::1") else host
     print(
         f"serving {', '.join(app.state.service.runtime.machines)} on http://{shown}:{port} "
         f"(dashboard: http://{shown}:{port}/dashboard/); Ctrl-C stops",
         flush=True,
     )
-    server.run()
+    Server(config).run()
+    print("stopped", flush=True)
