@@ -114,7 +114,9 @@ def create_app(
         title="soundwatch",
         summary="Anomalous sound detection: score clips, watch machines",
         lifespan=lifespan,
-        docs_url="/docs",
+        # The interactive docs load their scripts from a CDN; the schema is at
+        # /openapi.json.
+        docs_url=None,
         redoc_url=None,
     )
     app.state.service = service
@@ -458,8 +460,7 @@ def _machines(service: ScoringService) -> list[dict]:
 def _last_clip(service: ScoringService, machine: str) -> tuple[str, bytes, str] | None:
     """Key, bytes and file name of the machine's newest clip: the last upload, or the
     store's newest scored file (written by ``soundwatch monitor``) while it exists."""
-    with service._lock:
-        upload = service.last_uploads.get(machine)
+    upload = service.last_upload(machine)
     newest = service.store.scores(machine, limit=1) if service.store else []
     if newest and (upload is None or newest[0]["clip_key"] != upload[1].clip_key):
         row = newest[0]

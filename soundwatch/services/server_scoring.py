@@ -193,7 +193,7 @@ class ScoringService:
         self._lock = threading.Lock()
         self._store_alerts: dict[str, dict] = {}
         self._next_alert_id = -1
-        self.last_uploads: dict[str, tuple[Upload, Scored]] = {}
+        self._last_uploads: dict[str, tuple[Upload, Scored]] = {}
         self.queue = ScoringQueue(
             self._score_batch, capacity=capacity, workers=workers, max_batch=max_batch
         )
@@ -238,7 +238,7 @@ class ScoringService:
             self.metrics.anomalies.labels(machine).inc(result.decision)
             self.metrics.last_score.labels(machine).set(result.score)
             with self._lock:
-                self.last_uploads[machine] = (upload, answer)
+                self._last_uploads[machine] = (upload, answer)
         return answers
 
     def _write(self, uploads: Sequence[Upload]) -> tuple[Path, list[Path]]:
@@ -322,6 +322,11 @@ class ScoringService:
             alert = self._store_alerts.pop(machine, None)
         if alert is not None:
             logger.warning("alert on %s closed: scores are stored again", machine)
+
+    def last_upload(self, machine: str) -> tuple[Upload, Scored] | None:
+        """The machine's last upload scored since the server started, and its answer."""
+        with self._lock:
+            return self._last_uploads.get(machine)
 
     def service_alerts(self, machine: str | None = None) -> list[dict]:
         """Open alerts kept in memory because the store could not be written."""
