@@ -114,3 +114,28 @@ def test_dashboard_shows_new_scores_and_alerts_live(tmp_path):
         folder.mkdir(parents=True, exist_ok=True)
         shutil.copy(shot, folder / shot.name)
     print(f"dashboard screenshot: {shot}")
+
+
+def test_last_clip_picture_has_the_anomaly_map_when_the_detector_gives_one(tmp_path):
+    import numpy as np
+    from serve_helpers import wav_bytes
+
+    from soundwatch.features.logmel import LogMelConfig
+    from soundwatch.services.server_figures import clip_png
+
+    class Localising:
+        """Stands in for a neural detector: log-mel settings and a map."""
+
+        def logmel_config(self) -> LogMelConfig:
+            return LogMelConfig()
+
+        def anomaly_map(self, clip) -> np.ndarray:
+            return np.random.default_rng(0).random((128, 32))
+
+    y = np.random.default_rng(1).normal(0, 0.1, 16000).astype(np.float32)
+    with_map, has_map = clip_png(wav_bytes(y), "normal_id_00_x.wav", Localising())
+    without, no_map = clip_png(wav_bytes(y), "normal_id_00_x.wav", None)
+    assert has_map and not no_map
+    assert with_map.startswith(b"\x89PNG") and without.startswith(b"\x89PNG")
+    width = int.from_bytes(with_map[16:20], "big")
+    assert width > int.from_bytes(without[16:20], "big")  # two panels side by side
