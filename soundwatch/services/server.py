@@ -107,6 +107,7 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
+        await asyncio.to_thread(service.warm_up)
         yield
         await asyncio.to_thread(service.close)
 

@@ -18,8 +18,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from soundwatch.data.audio import DEFAULT_SAMPLE_RATE
 from soundwatch.errors import AudioError, SoundwatchError
 from soundwatch.runtime import Result, ScoringRuntime
 from soundwatch.services.alerts import AlertEngine
@@ -198,6 +200,20 @@ class ScoringService:
             self._score_batch, capacity=capacity, workers=workers, max_batch=max_batch
         )
         self.metrics = Metrics(lambda: self.queue.depth)
+
+    def warm_up(self) -> None:
+        """Score one second of noise per model and drop the answer, so that the first
+        request does not wait for torch's and the feature code's first call."""
+        rng = np.random.default_rng(0)
+        for machine in self.runtime.machines:
+            detector = self.runtime.detector(machine)
+            audio = (detector.fit_info_ or {}).get("audio") or {}
+            rate = int(audio.get("sample_rate") or DEFAULT_SAMPLE_RATE)
+            noise = rng.normal(0, 0.1, rate).astype(np.float32)
+            try:
+                detector.score_waveform(noise, rate)
+            except SoundwatchError as exc:
+                logger.warning("warning: %s: a test clip of noise did not score: %s", machine, exc)
 
     @property
     def store(self) -> EventStore | None:
