@@ -27,6 +27,7 @@ STAGES: list[tuple[str, ...]] = [
     ("detectors",),
     ("evaluation",),
     ("reports",),
+    ("store",),
     ("runtime", "api"),
     ("services",),
     ("cli",),

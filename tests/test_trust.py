@@ -318,7 +318,7 @@ def test_scoring_runtime_results_and_reload(model, test_dir, tmp_path):
         assert result.decision == int(result.score > result.threshold)
         assert len(result.model_digest) == 16 and result.threshold_source
     assert [r.score for r in results] == pytest.approx(list(detector.score(test_dir)))
-    assert runtime.record(results) is None  # no store yet: a documented no-op
+    assert runtime.record(results) == 0  # no store: nothing is kept
 
     # A model that fails to load keeps the one loaded before.
     broken = tmp_path / "broken.safetensors"

@@ -542,6 +542,250 @@ def _synth_machines() -> list[str]:
     return sorted(MACHINES)
 
 
+# ---------------------------------------------------------------------- monitor
+def _add_monitor_command(sub) -> None:
+    p = sub.add_parser(
+        "monitor",
+        help="score new recordings of watched folders or a live stream, store and alert",
+        description="Watch folders (recursively; a file counts once it is renamed into "
+        "place or its size stays the same for --stable seconds) and/or a stream of raw PCM "
+        "or WAV on stdin (cut into windows of the model's clip length every --hop "
+        "seconds); score each clip with its machine's model, keep every score in an event "
+        "store (SQLite), and open an alert when a machine starts to sound wrong (log "
+        "line, webhook POST, shell command; retried in the background). Clips already in "
+        "the store (same file content, same stream offset) are skipped, so a restart "
+        "scores nothing twice. Changed model files and --config apply without a restart; "
+        "a model that fails to load keeps the old one. Stops cleanly on Ctrl-C or SIGTERM. "
+        'Folder watching needs watchdog: pip install "soundwatch[serve]".',
+    )
+    p.add_argument(
+        "--model",
+        "-M",
+        action="append",
+        metavar="NAME=MODEL_FILE",
+        help="a machine name and its model file (repeatable)",
+    )
+    p.add_argument(
+        "--watch",
+        "-w",
+        action="append",
+        metavar="[NAME=]DIR[/GLOB]",
+        help="folder to watch for the machine NAME (may be left out with one model); a "
+        "glob such as NAME=incoming/*id_00*.wav routes only matching files (repeatable)",
+    )
+    p.add_argument("--config", "-c", help="TOML file with models, folders, stream and alerts")
+    p.add_argument("--db", help="event store file (default: soundwatch-monitor.db)")
+    p.add_argument(
+        "--once",
+        action="store_true",
+        help="score what is there now (and stdin to its end), then exit",
+    )
+    p.add_argument("--stdin", metavar="NAME", help="score a stream on stdin as machine NAME")
+    p.add_argument(
+        "--mic", metavar="NAME", help="score a microphone as machine NAME (needs sounddevice)"
+    )
+    p.add_argument(
+        "--format",
+        choices=["auto", "wav", "s16le", "s32le", "f32le"],
+        help="stdin format (default auto: WAV if it starts with a RIFF header, else s16le)",
+    )
+    p.add_argument("--sample-rate", type=int, help="sample rate of raw stdin samples (Hz)")
+    p.add_argument("--channels", type=int, help="channels of raw stdin samples (default 1)")
+    p.add_argument(
+        "--window", type=float, help="stream window in seconds (default: the model's clip length)"
+    )
+    p.add_argument("--hop", type=float, help="seconds between stream windows (default: the window)")
+    p.add_argument(
+        "--alert",
+        metavar="RULE",
+        help="k-of-n:K/N[:M] (alert when K of the last N clips are anomalous, close after M "
+        "normal ones in a row; default k-of-n:3/5:5) or median:W (alert while the median "
+        "score over W clips is above the threshold)",
+    )
+    p.add_argument("--webhook", action="append", metavar="URL", help="POST each alert as JSON here")
+    p.add_argument(
+        "--on-alert",
+        metavar="COMMAND",
+        help="shell command run per alert (JSON on stdin and in $SOUNDWATCH_EVENT)",
+    )
+    p.add_argument("--retries", type=int, help="retries of a failed alert action (default 5)")
+    p.add_argument(
+        "--backoff", type=float, help="seconds before the first retry, doubling (default 1)"
+    )
+    p.add_argument(
+        "--retention-days", type=float, help="delete scores older than this (default: keep)"
+    )
+    p.add_argument("--stable", type=float, help="seconds a file must stay unchanged (default 1)")
+    p.add_argument(
+        "--polling", action="store_true", help="poll the folders (for network file systems)"
+    )
+    p.set_defaults(func=cmd_monitor)
+
+
+def cmd_monitor(args: argparse.Namespace) -> int:
+    import logging
+
+    from soundwatch.services.monitor import Monitor
+    from soundwatch.services.monitor_config import load_config
+
+    cli = {
+        "models": args.model,
+        "watch": args.watch,
+        "stdin": args.stdin,
+        "mic": args.mic,
+        "format": args.format,
+        "sample_rate": args.sample_rate,
+        "channels": args.channels,
+        "window": args.window,
+        "hop": args.hop,
+        "db": args.db,
+        "retention_days": args.retention_days,
+        "stable_seconds": args.stable,
+        "alert": args.alert,
+        "webhooks": args.webhook,
+        "command": args.on_alert,
+        "retries": args.retries,
+        "backoff": args.backoff,
+        "polling": args.polling,
+    }
+    config_path = Path(args.config) if args.config else None
+    config = load_config(config_path, cli)
+    logging.basicConfig(
+        level=logging.INFO,
+        format="%(asctime)s %(message)s",
+        datefmt="%Y-%m-%dT%H:%M:%S",
+        stream=sys.stderr,
+    )
+    # Every clip is new: caching its features would only fill the disk.
+    os.environ["SOUNDWATCH_CACHE"] = "off"
+    summary = Monitor(config, config_path=config_path, cli=cli, once=args.once).run()
+    print(summary.line())
+    return EXIT_ERROR if summary.unrecorded else 0
+
+
+# ---------------------------------------------------------------------- serve
+def _add_serve_command(sub) -> None:
+    p = sub.add_parser(
+        "serve",
+        help="score clips over HTTP and show a live dashboard",
+        description="Serve POST /v1/score (a WAV or FLAC upload, a machine name and "
+        "store=true to keep the score), GET /v1/machines, /v1/machines/NAME/scores, "
+        "/v1/alerts, /healthz and /metrics (Prometheus), and a dashboard at /dashboard/ "
+        "with each machine's score timeline, alerts and last clip. Scoring runs in worker "
+        "threads behind a bounded queue; a full queue answers 503 with Retry-After. "
+        "Uploads are not written to the feature cache. Needs the [serve] extra: "
+        'pip install "soundwatch[serve]". See docs/deploy.md.',
+    )
+    p.add_argument(
+        "--model",
+        "-M",
+        action="append",
+        required=True,
+        metavar="MACHINE=MODEL_FILE",
+        help="a machine name and its model file (repeatable)",
+    )
+    p.add_argument(
+        "--db",
+        help="event store (SQLite file) for scores and alerts, e.g. one that "
+        "`soundwatch monitor` writes (default: none; store=true is then refused)",
+    )
+    p.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to listen on (default: "
+        "127.0.0.1, this machine only; 0.0.0.0 listens on every interface)",
+    )
+    p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    p.add_argument(
+        "--token",
+        default=os.environ.get("SOUNDWATCH_TOKEN"),
+        help="require 'Authorization: Bearer TOKEN' on /v1 and /metrics (default: "
+        "$SOUNDWATCH_TOKEN; none: no token needed)",
+    )
+    p.add_argument(
+        "--max-upload-mb", type=float, default=16.0, help="larger uploads get 413 (default 16)"
+    )
+    p.add_argument(
+        "--queue-size",
+        type=int,
+        default=64,
+        help="clips waiting to be scored before requests get 503 (default 64)",
+    )
+    p.add_argument("--workers", type=int, default=1, help="scoring threads (default 1)")
+    p.add_argument(
+        "--max-batch",
+        type=int,
+        default=16,
+        help="clips of one machine scored together under load (default 16)",
+    )
+    p.add_argument(
+        "--alert",
+        metavar="RULE",
+        help="alert rule over the stored scores of each machine: k-of-n:K/N[:M] (K of "
+        "the last N clips anomalous; close after M normal) or median:W (default "
+        "k-of-n:3/5); needs --db",
+    )
+    p.add_argument(
+        "--webhook",
+        action="append",
+        metavar="URL",
+        help="POST each alert as JSON here "
+        "(repeatable; retried with backoff, never blocks scoring)",
+    )
+    p.add_argument(
+        "--on-alert",
+        metavar="COMMAND",
+        help="shell command run for each alert (the alert as JSON on stdin and in "
+        "$SOUNDWATCH_EVENT)",
+    )
+    _add_threshold_option(p, REFIT_THRESHOLD_HELP)
+    p.add_argument(
+        "--strict",
+        action="store_true",
+        help="refuse (422) clips of another sample rate, channel count or duration than "
+        "the training data (default: answer with warnings)",
+    )
+    p.set_defaults(func=cmd_serve)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    try:
+        from soundwatch.services.server import build_app_from_options, run
+    except ImportError as exc:
+        raise ConfigError(
+            f"serve needs the [serve] extra ({exc.name} is missing): "
+            'pip install "soundwatch[serve]"'
+        ) from None
+    models = {}
+    for item in args.model:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path:
+            raise ConfigError(f"--model wants MACHINE=MODEL_FILE, got {item!r}")
+        if name in models:
+            raise ConfigError(f"--model: machine {name!r} is given twice")
+        models[name] = path
+    if not 0 < args.port < 65536:
+        raise ConfigError(f"--port must be 1-65535, got {args.port}")
+    app = build_app_from_options(
+        models,
+        db=args.db,
+        token=args.token,
+        max_upload_mb=args.max_upload_mb,
+        queue_size=args.queue_size,
+        workers=args.workers,
+        max_batch=args.max_batch,
+        threshold=args.threshold,
+        strict=args.strict,
+        alert=args.alert,
+        webhooks=args.webhook,
+        alert_command=args.on_alert,
+    )
+    # Every upload is a new file: caching its features would only fill the disk.
+    os.environ["SOUNDWATCH_CACHE"] = "off"
+    run(app, args.host, args.port)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="soundwatch",
@@ -811,6 +1055,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="random seed")
     _add_detector_options(p)
     p.set_defaults(func=cmd_demo)
+    _add_monitor_command(sub)
+    _add_serve_command(sub)
     return parser
 
 

@@ -22,6 +22,7 @@ from soundwatch.data.inputs import as_clips, audio_mismatches
 from soundwatch.detectors.base import Detector
 from soundwatch.errors import AudioError, ConfigError, SoundwatchError
 from soundwatch.features.cache import file_digest
+from soundwatch.store import ClipRef, EventStore
 
 # Default key of a runtime that holds one model.
 DEFAULT_MACHINE = "default"
@@ -90,6 +91,8 @@ class ScoringRuntime:
     threshold : str, optional
         Refit every loaded model's threshold with this method (``gamma:Q``,
         ``percentile:P``, ``meanstd:K``) from its stored calibration scores.
+    store : EventStore, optional
+        Where :meth:`record` keeps results; loaded models are registered in it.
 
     Examples
     --------
@@ -99,11 +102,17 @@ class ScoringRuntime:
     """
 
     def __init__(
-        self, *, strict: bool = False, skip_bad: bool = False, threshold: str | None = None
+        self,
+        *,
+        strict: bool = False,
+        skip_bad: bool = False,
+        threshold: str | None = None,
+        store: EventStore | None = None,
     ) -> None:
         self.strict = strict
         self.skip_bad = skip_bad
         self.threshold = threshold
+        self.store = store
         self._models: dict[str, _Model] = {}
 
     # ----------------------------------------------------------------- models
@@ -130,7 +139,20 @@ class ScoringRuntime:
                 detector.refit_threshold(self.threshold)
             loaded[str(machine)] = _Model(detector, digest, path)
         self._models.update(loaded)
+        if self.store is not None:
+            for machine, model in loaded.items():
+                info = model.detector.fit_info_ or {}
+                self.store.register_machine(
+                    machine,
+                    machine_type=info.get("machine_type"),
+                    model_path=model.path,
+                    model_digest=model.digest,
+                )
         return self
+
+    def model_digest(self, machine: str | None = None) -> str:
+        """First 16 hex digits of the SHA-256 of ``machine``'s model file."""
+        return self._model(machine).digest
 
     def detector(self, machine: str | None = None) -> Detector:
         """The loaded detector of ``machine`` (the only one when None)."""
@@ -246,9 +268,39 @@ class ScoringRuntime:
                 scores.append(None)
         return scores
 
-    def record(self, results: Sequence[Result]) -> None:
-        """Hook for the event store (a later issue): does nothing yet.
+    def record(
+        self, results: Sequence[Result], clips: Sequence[ClipRef | str] | None = None
+    ) -> int:
+        """Keep results in the event store, once each (does nothing without a store).
 
-        Callers that want results kept call it already, so that adding the store later
-        changes no caller.
+        Parameters
+        ----------
+        results : sequence of Result
+        clips : sequence of ClipRef or str, optional
+            The clip reference or key of each result; by default each result's file,
+            keyed by its content digest (a result without a readable file is keyed by
+            the digest alone).
+
+        Returns
+        -------
+        int
+            How many results were new to the store.
         """
+        if self.store is None:
+            return 0
+        if clips is None:
+            clips = [_file_ref(r.path) for r in results]
+        return self.store.record(results, clips)
+
+
+def _file_ref(path: Path) -> ClipRef | str:
+    """The file's reference; its digest alone when it is not readable audio, its path
+    when it cannot be read at all."""
+    try:
+        return ClipRef.for_file(path)
+    except AudioError:
+        pass
+    try:
+        return f"sha256:{file_digest(path)}"
+    except OSError:
+        return f"path:{Path(path).resolve()}"
