@@ -149,8 +149,10 @@ class LogMel:
             pad_mode="constant",
             return_complex=True,
         )
-        magnitude = spec.abs()
-        power = magnitude.square() if c.power == 2.0 else magnitude.pow(c.power)
+        if c.power == 2.0:  # |z|^2 without the square root of abs()
+            power = spec.real.square() + spec.imag.square()
+        else:
+            power = spec.abs().pow(c.power)
         mel = torch.matmul(self._filters, power)
         out = (20.0 / c.power) * torch.log10(mel + LOG_EPS)
         out = out.numpy().astype(np.float32, copy=False)
