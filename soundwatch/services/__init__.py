@@ -1,0 +1,2 @@
+"""Long-running and scaled-out services built on the scoring runtime (Ray: see
+:mod:`soundwatch.services.distributed`)."""
