@@ -168,6 +168,16 @@ def bench_memory(data: Path, work: Path, sizes: list[int], env: dict) -> list[di
             env,
         )
         rows.append({"n": n, "driver_peak_mb": peak, "wall_s": wall})
+        if len(rows) > 1:
+            a, b = rows[-2], rows[-1]
+            slope = (b["wall_s"] - a["wall_s"]) / (b["n"] - a["n"])
+            b["marginal_clips_per_s"] = 1 / slope if slope > 0 else float("nan")
+            b["fixed_s"] = b["wall_s"] - slope * b["n"]
+            print(
+                f"  marginal {b['marginal_clips_per_s']:.2f} clips/s, fixed cost "
+                f"{b['fixed_s']:.0f} s (2 workers, from the two sizes)",
+                flush=True,
+            )
         print(f"  {n} clips: driver peak {peak:.0f} MiB ({wall:.0f} s)", flush=True)
     return rows
 
