@@ -144,6 +144,25 @@ def test_rerun_skips_complete_partitions_and_redoes_interrupted(
     assert again.partitions_done_before == 4 and again.clips == 0
 
 
+def test_rerun_after_the_archive_shrank_rescores_and_drops_old_partitions(
+    local_ray, model, archive, tmp_path
+):
+    copy = tmp_path / "archive"
+    shutil.copytree(archive, copy)
+    out = tmp_path / "scores"
+    score_archive(model, [str(copy)], out, partition_size=6, progress=False)
+    for path in sorted((copy / "day1").rglob("*.wav"))[:8]:
+        path.unlink()
+    messages = []
+    summary = score_archive(
+        model, [str(copy)], out, partition_size=6, progress=False, say=messages.append
+    )
+    assert summary.partitions == 3 and summary.partitions_removed == 1
+    assert any("archive changed" in m for m in messages)
+    rows = _read(out)
+    assert len(rows) == 13 and all(Path(r["path"]).exists() for r in rows)
+
+
 def test_rerun_with_other_settings_is_refused(local_ray, model, archive, tmp_path):
     out = tmp_path / "scores"
     score_archive(model, [str(archive)], out, partition_size=10, progress=False)

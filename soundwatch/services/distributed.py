@@ -313,6 +313,8 @@ class ArchiveSummary:
 
     partitions: int = 0
     partitions_done_before: int = 0
+    partitions_changed: int = 0
+    partitions_removed: int = 0
     clips_done_before: int = 0
     clips: int = 0
     errors: int = 0
@@ -419,15 +421,23 @@ def _write_listing(out_dir: Path, sources: list[str], size: int, model_digest: s
         for index, paths in enumerate(_chunks(iter_archive(sources), size)):
             summary.partitions += 1
             digest = _paths_digest(paths)
-            done = _complete(out_dir / part_name(index), digest, model_digest)
+            part = out_dir / part_name(index)
+            done = _complete(part, digest, model_digest)
             if done is not None:
                 summary.partitions_done_before += 1
                 summary.clips_done_before += done
                 continue
+            if part.exists():
+                summary.partitions_changed += 1
             listing.write(
                 json.dumps({"index": index, "paths": "\n".join(paths), "digest": digest}) + "\n"
             )
             pending += 1
+    # Partitions past the end of a shrunken archive would mix old rows into the result.
+    for part in out_dir.glob(PART_GLOB):
+        if int(part.stem.split("-")[1]) >= summary.partitions:
+            part.unlink()
+            summary.partitions_removed += 1
     return pending
 
 
@@ -484,6 +494,12 @@ def score_archive(
     if summary.partitions == 0:
         raise DatasetError(f"no audio files found in {', '.join(settings['inputs'])}")
     atomic_write_text(out_dir / MANIFEST, json.dumps(settings, indent=2) + "\n")
+    if summary.partitions_changed or summary.partitions_removed:
+        say(
+            f"the archive changed since the earlier run: rescoring "
+            f"{summary.partitions_changed} partitions whose files differ, removed "
+            f"{summary.partitions_removed} partitions past its new end"
+        )
     if summary.partitions_done_before:
         say(
             f"resuming: {summary.partitions_done_before} of {summary.partitions} partitions "
