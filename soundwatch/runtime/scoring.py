@@ -132,13 +132,13 @@ class ScoringRuntime:
                 detector, digest, path = model, "in-memory", None
             else:
                 path = Path(model)
+                detector = Detector.load(path)
                 digest = file_digest(path)[:16]
                 if machine in expected and expected[machine] != digest:
                     raise ConfigError(
                         f"{path} has changed since the fleet index was written (digest "
                         f"{digest}, index says {expected[machine]}); retrain the fleet"
                     )
-                detector = Detector.load(path)
             if self.threshold is not None:
                 detector.refit_threshold(self.threshold)
             loaded[str(machine)] = _Model(detector, digest, path)

@@ -28,6 +28,7 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import time
 import tomllib
 from collections import Counter
@@ -46,7 +47,10 @@ DEFAULT_PARTITION_SIZE = 1000
 # Clips one actor scores per call of the runtime (bounds the memory of one batch).
 SCORE_BATCH = 64
 MANIFEST = "manifest.json"
-LISTING = "_pending.jsonl"
+# Folder of the partitions still to do, as JSON-lines files of LISTING_PARTITIONS each:
+# Ray Data reads them in parallel, and no task holds the whole listing.
+LISTING = "_pending"
+LISTING_PARTITIONS = 100
 PART_GLOB = "part-*.parquet"
 COLUMNS = (
     "path",
@@ -415,24 +419,40 @@ def _complete(path: Path, digest: str, model_digest: str) -> int | None:
 
 def _write_listing(out_dir: Path, sources: list[str], size: int, model_digest: str, summary):
     """Stream the archive into a listing of the partitions still to do (one JSON line
-    each); returns how many there are. Holds one partition's paths at a time."""
+    each, :data:`LISTING_PARTITIONS` per file); returns how many there are. Holds the
+    paths of one listing file at a time."""
     pending = 0
-    with atomic_path(out_dir / LISTING) as tmp, open(tmp, "w", encoding="utf-8") as listing:
-        for index, paths in enumerate(_chunks(iter_archive(sources), size)):
-            summary.partitions += 1
-            digest = _paths_digest(paths)
-            part = out_dir / part_name(index)
-            done = _complete(part, digest, model_digest)
-            if done is not None:
-                summary.partitions_done_before += 1
-                summary.clips_done_before += done
-                continue
-            if part.exists():
-                summary.partitions_changed += 1
-            listing.write(
-                json.dumps({"index": index, "paths": "\n".join(paths), "digest": digest}) + "\n"
-            )
-            pending += 1
+    folder = out_dir / LISTING
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir()
+    batch: list[str] = []
+    files = 0
+
+    def flush() -> None:
+        nonlocal files
+        atomic_write_text(folder / f"listing-{files:06d}.jsonl", "".join(batch))
+        files += 1
+        batch.clear()
+
+    for index, paths in enumerate(_chunks(iter_archive(sources), size)):
+        summary.partitions += 1
+        digest = _paths_digest(paths)
+        part = out_dir / part_name(index)
+        done = _complete(part, digest, model_digest)
+        if done is not None:
+            summary.partitions_done_before += 1
+            summary.clips_done_before += done
+            continue
+        if part.exists():
+            summary.partitions_changed += 1
+        batch.append(
+            json.dumps({"index": index, "paths": "\n".join(paths), "digest": digest}) + "\n"
+        )
+        pending += 1
+        if len(batch) == LISTING_PARTITIONS:
+            flush()
+    if batch:
+        flush()
     # Partitions past the end of a shrunken archive would mix old rows into the result.
     for part in out_dir.glob(PART_GLOB):
         if int(part.stem.split("-")[1]) >= summary.partitions:
@@ -513,7 +533,7 @@ def score_archive(
                 out_dir, str(model), threshold, workers, pending, resources, summary, progress
             )
     summary.seconds = time.perf_counter() - start - summary.startup_seconds
-    (out_dir / LISTING).unlink(missing_ok=True)
+    shutil.rmtree(out_dir / LISTING, ignore_errors=True)
     if write_csv:
         summary.csv = write_scores_csv(out_dir)
     settings["summary"] = {
@@ -538,7 +558,7 @@ def _run_pipeline(out_dir, model, threshold, workers, pending, resources, summar
     per_actor = actor_cpus(cpus, workers)
     summary.workers, summary.actor_cpus = workers, per_actor
     listing = str((out_dir / LISTING).resolve())
-    dataset = ray.data.read_json(listing, lines=True).map_batches(
+    dataset = ray.data.read_json(listing, lines=True, file_extensions=["jsonl"]).map_batches(
         PartitionScorer,
         fn_constructor_args=(model, threshold, str(out_dir.resolve()), max(1, int(per_actor))),
         batch_size=1,
