@@ -434,7 +434,9 @@ def _write_listing(out_dir: Path, sources: list[str], size: int, model_digest: s
         files += 1
         batch.clear()
 
-    for index, paths in enumerate(_chunks(iter_archive(sources), size)):
+    # Absolute paths: Ray workers do not share the driver's working folder.
+    absolute = (os.path.abspath(p) for p in iter_archive(sources))
+    for index, paths in enumerate(_chunks(absolute, size)):
         summary.partitions += 1
         digest = _paths_digest(paths)
         part = out_dir / part_name(index)
@@ -530,7 +532,14 @@ def score_archive(
         with ray_session(address) as resources:
             summary.startup_seconds = time.perf_counter() - start
             _run_pipeline(
-                out_dir, str(model), threshold, workers, pending, resources, summary, progress
+                out_dir,
+                os.path.abspath(model),
+                threshold,
+                workers,
+                pending,
+                resources,
+                summary,
+                progress,
             )
     summary.seconds = time.perf_counter() - start - summary.startup_seconds
     shutil.rmtree(out_dir / LISTING, ignore_errors=True)
