@@ -114,7 +114,8 @@ def iter_archive(sources: Iterable[str | os.PathLike]) -> Iterator[str]:
         Each a folder (searched recursively), a list file (one path per line; blank
         lines and ``#`` comments ignored; relative paths are relative to the list), an
         audio file, or a glob such as ``archive/**/*.wav`` (matched while walking the
-        fixed part of the pattern in sorted order; ``**/`` may match no folder).
+        fixed part of the pattern in sorted order, with :mod:`fnmatch` rules: ``*`` also
+        matches across folders, and ``**/`` may match no folder; quote it in a shell).
 
     Raises
     ------
@@ -170,7 +171,7 @@ def part_name(index: int) -> str:
 # ---------------------------------------------------------------------------- workers
 def _reason(error: str, path: str) -> str:
     """An error without its file name, so that equal reasons count together."""
-    return error.replace(path, "").replace("  ", " ").strip(" :;,") or error
+    return error.replace(path, "FILE")
 
 
 class PartitionScorer:
