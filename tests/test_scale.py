@@ -214,3 +214,12 @@ def test_fleet_of_three_machines(local_ray, data, tmp_path, capsys):
     shutil.copy(out / "slider-00.safetensors", out / "slider-04.safetensors")
     with pytest.raises(Exception, match="changed since the fleet index"):
         ScoringRuntime().load(out / "fleet.json")
+
+
+def test_fleet_member_with_bad_data_is_reported_not_retried(local_ray, data, tmp_path, capsys):
+    config = tmp_path / "fleet.toml"
+    config.write_text(f'root = "{data}"\n[[machine]]\ntype = "pump"\n')
+    out = tmp_path / "fleet"
+    assert main(["train-fleet", str(config), "--engine", "ray", "-o", str(out)]) == 2
+    assert "no clips of machine type 'pump'" in capsys.readouterr().out
+    assert json.loads((out / "fleet.json").read_text())["models"] == {}
