@@ -1,5 +1,5 @@
-"""``soundwatch`` command line: synth, train, score, evaluate, official-score, bench,
-report, inspect, demo, detectors, encoders.
+"""``soundwatch`` command line: synth, train, train-fleet, score, evaluate, official-score,
+bench, report, inspect, demo, detectors, encoders, monitor, serve.
 
 Every command reports bad input as one ``error: ...`` line on stderr and exits 1;
 ``--debug`` shows the traceback instead.
@@ -27,7 +27,7 @@ EXIT_SKIPPED = 2
 # From this many clips, scoring takes seconds and `score` says what it is doing.
 SCORE_STEP_MIN_CLIPS = 20
 # Commands that train or score with torch (for the busy-cores hint).
-TORCH_COMMANDS = {"train", "score", "evaluate", "bench", "demo", "inspect"}
+TORCH_COMMANDS = {"train", "train-fleet", "score", "evaluate", "bench", "demo", "inspect"}
 
 
 THRESHOLD_HELP = (
@@ -339,6 +339,10 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_score(args: argparse.Namespace) -> int:
+    if args.engine == "ray":
+        return _score_on_ray(args)
+    if args.address or args.csv or args.partition_size or args.workers:
+        raise ConfigError("--address, --csv, --partition-size and --workers need --engine ray")
     from soundwatch.data.datasets import collect_audio
     from soundwatch.fileio import atomic_write_text, check_writable
     from soundwatch.runtime import ScoringRuntime
@@ -391,6 +395,51 @@ def cmd_score(args: argparse.Namespace) -> int:
         print(f"skipped {len(skipped)} of {len(results)} files (listed above)", file=sys.stderr)
         return EXIT_SKIPPED
     return 0
+
+
+def _score_on_ray(args: argparse.Namespace) -> int:
+    from soundwatch.services.distributed import DEFAULT_PARTITION_SIZE, score_archive
+
+    if not args.out:
+        raise ConfigError("--engine ray needs --out/-o FOLDER for the Parquet partitions")
+    if args.strict:
+        raise ConfigError("--strict is not supported with --engine ray (mismatches are warned)")
+    summary = score_archive(
+        args.model,
+        args.paths,
+        args.out,
+        address=args.address,
+        workers=args.workers,
+        partition_size=args.partition_size or DEFAULT_PARTITION_SIZE,
+        threshold=args.threshold,
+        overwrite=args.overwrite,
+        write_csv=args.csv,
+        say=_step,
+    )
+    for line in summary.lines():
+        print(line)
+    return EXIT_SKIPPED if summary.errors else 0
+
+
+def cmd_train_fleet(args: argparse.Namespace) -> int:
+    from soundwatch.services.distributed import format_fleet, train_fleet
+
+    if args.engine != "ray":
+        raise ConfigError("train-fleet needs --engine ray")
+    out = Path(args.out) if args.out else Path(args.config).with_suffix("")
+    rows = train_fleet(
+        args.config,
+        out,
+        address=args.address,
+        cpus_per_fit=args.cpus_per_fit,
+        max_retries=args.max_retries,
+        overwrite=args.overwrite,
+        say=_step,
+    )
+    print(format_fleet(rows))
+    failed = [r for r in rows if r["error"]]
+    print(f"{len(rows) - len(failed)} models, fleet.json and leaderboard.csv -> {out}")
+    return EXIT_SKIPPED if failed else 0
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -933,7 +982,38 @@ def build_parser() -> argparse.ArgumentParser:
         help="refuse clips of another machine type, sample rate, channel count or duration "
         "than the training data (default: warn)",
     )
+    # Scale out (soundwatch[ray]): see docs/scale.md.
+    p.add_argument(
+        "--engine",
+        choices=["ray"],
+        help="score on Ray: PATHS are folders, list files or globs, streamed in "
+        "partitions; --out is a folder of Parquet partitions (path, machine_id, score, "
+        "threshold, threshold_source, decision, model_digest, error); a rerun skips "
+        "complete partitions; unreadable files are rows with an error",
+    )
+    p.add_argument("--address", help="Ray cluster address (default: start a local Ray)")
+    p.add_argument("--workers", type=int, help="Ray scoring actors (default: one per CPU)")
+    p.add_argument("--partition-size", type=int, help="clips per Parquet partition (default 1000)")
+    p.add_argument("--csv", action="store_true", help="also write OUT/scores.csv")
     p.set_defaults(func=cmd_score)
+
+    p = sub.add_parser(
+        "train-fleet",
+        help="train one model per machine on Ray, from a TOML fleet config",
+        description="Train one model per [[machine]] of CONFIG (keys: type, and optional "
+        "id or ids, name, root, detector, params; top-level root, detector and params are "
+        "defaults), each as a Ray task retried on failure. Writes the model files, "
+        "fleet.json (a model map for ScoringRuntime.load) and leaderboard.csv (AUC and "
+        "pAUC on each machine's held-out test clips).",
+    )
+    p.add_argument("config", help="fleet config (TOML)")
+    p.add_argument("--engine", choices=["ray"], required=True, help="execution engine")
+    p.add_argument("--address", help="Ray cluster address (default: start a local Ray)")
+    _add_out_option(p, "output folder (default: CONFIG without its suffix)")
+    p.add_argument("--cpus-per-fit", type=float, default=1.0, help="CPUs per model fit")
+    p.add_argument("--max-retries", type=int, default=2, help="retries of a failed fit")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing fleet")
+    p.set_defaults(func=cmd_train_fleet)
 
     p = sub.add_parser(
         "evaluate",

@@ -26,6 +26,8 @@ from soundwatch.store import ClipRef, EventStore
 
 # Default key of a runtime that holds one model.
 DEFAULT_MACHINE = "default"
+# The "format" of a fleet index (``fleet.json``, written by ``soundwatch train-fleet``).
+FLEET_FORMAT = "soundwatch-fleet"
 
 
 class InputMismatchError(SoundwatchError):
@@ -121,12 +123,18 @@ class ScoringRuntime:
         """Keys of the loaded models."""
         return list(self._models)
 
-    def load(self, model_map: Mapping[str, str | os.PathLike | Detector]) -> ScoringRuntime:
-        """Load (or reload) models by machine name.
+    def load(
+        self, model_map: Mapping[str, str | os.PathLike | Detector] | str | os.PathLike
+    ) -> ScoringRuntime:
+        """Load (or reload) models by machine name, or every model of a fleet index
+        (``fleet.json``, see :func:`read_fleet_index`).
 
         Each model is read and checked before any is replaced; when one fails, the
         error is raised and every model loaded before stays in place.
         """
+        expected: dict[str, str] = {}
+        if isinstance(model_map, (str, os.PathLike)):
+            model_map, expected = read_fleet_index(model_map)
         loaded = {}
         for machine, model in model_map.items():
             if isinstance(model, Detector):
@@ -135,6 +143,11 @@ class ScoringRuntime:
                 path = Path(model)
                 detector = Detector.load(path)
                 digest = file_digest(path)[:16]
+                if machine in expected and expected[machine] != digest:
+                    raise ConfigError(
+                        f"{path} has changed since the fleet index was written (digest "
+                        f"{digest}, index says {expected[machine]}); retrain the fleet"
+                    )
             if self.threshold is not None:
                 detector.refit_threshold(self.threshold)
             loaded[str(machine)] = _Model(detector, digest, path)
@@ -304,3 +317,31 @@ def _file_ref(path: Path) -> ClipRef | str:
         return f"sha256:{file_digest(path)}"
     except OSError:
         return f"path:{Path(path).resolve()}"
+
+
+def read_fleet_index(path: str | os.PathLike) -> tuple[dict[str, Path], dict[str, str]]:
+    """Model map and expected digests of a fleet index (``fleet.json``).
+
+    Returns
+    -------
+    models : dict
+        Model name -> model file (relative paths are relative to the index).
+    digests : dict
+        Model name -> first 16 hex digits of the file's SHA-256 at training.
+    """
+    import json
+
+    path = Path(path)
+    try:
+        index = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"fleet index not found: {path}") from None
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"cannot read fleet index {path}: {exc}") from None
+    if not isinstance(index, dict) or index.get("format") != FLEET_FORMAT:
+        raise ConfigError(f"{path} is not a fleet index (written by soundwatch train-fleet)")
+    models, digests = {}, {}
+    for name, entry in index.get("models", {}).items():
+        models[name] = path.parent / entry["path"]
+        digests[name] = entry["digest"]
+    return models, digests
