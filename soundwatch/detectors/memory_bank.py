@@ -343,10 +343,16 @@ class MemoryBankDetector(LogMelFrontend, Detector):
 
     def _target_mixup(
         self, source: list[np.ndarray], target: list[np.ndarray], rng: np.random.Generator
-    ) -> list[np.ndarray]:
-        """``target_mixup`` copies of each target array, mixed with near source arrays."""
+    ) -> tuple[list[np.ndarray], np.ndarray]:
+        """``target_mixup`` copies of each target array, mixed with near source arrays.
+
+        Returns
+        -------
+        mixed : list of arrays
+        sources : ndarray of int, the target array each copy was made from
+        """
         if not source or not target or self.target_mixup == 0:
-            return []
+            return [], np.zeros(0, dtype=np.int64)
         time_axis = 0 if self.feature == "efficientat" else 1
 
         def vector(raw: np.ndarray) -> np.ndarray:
@@ -354,8 +360,8 @@ class MemoryBankDetector(LogMelFrontend, Detector):
 
         source_vectors = np.stack([vector(r) for r in source])
         scale = source_vectors.std(axis=0) + 1e-9
-        out = []
-        for raw in target:
+        out, made_from = [], []
+        for index, raw in enumerate(target):
             distance = np.linalg.norm((source_vectors - vector(raw)) / scale, axis=1)
             nearest = np.argsort(distance)[: self.target_mixup]
             for j in range(self.target_mixup):
@@ -365,7 +371,8 @@ class MemoryBankDetector(LogMelFrontend, Detector):
                 b = np.take(other, np.arange(n), axis=time_axis)
                 weight = rng.uniform(0.5, 1.0)
                 out.append((weight * a + (1.0 - weight) * b).astype(np.float32))
-        return out
+                made_from.append(index)
+        return out, np.asarray(made_from, dtype=np.int64)
 
     def _fit_domains(self, train: list[Clip]) -> None:
         raws = self._raw(train)
@@ -373,14 +380,17 @@ class MemoryBankDetector(LogMelFrontend, Detector):
         by_domain = {
             d: [r for r, cd in zip(raws, domain_of, strict=True) if cd == d] for d in DOMAINS
         }
-        mixed = self._target_mixup(
+        mixed, mixed_from = self._target_mixup(
             by_domain["source"], by_domain["target"], np.random.default_rng(self.seed + 1)
         )
         self.domain_banks_: dict[str, MemoryBankDetector] = {}
         for domain in DOMAINS:
             if by_domain[domain]:
                 bank = self._domain_bank()
-                bank._fit_bank(by_domain[domain], mixed if domain == "target" else [])
+                if domain == "target":
+                    bank._fit_bank(by_domain[domain], mixed, mixed_from)
+                else:
+                    bank._fit_bank(by_domain[domain])
                 self.domain_banks_[domain] = bank
         self.n_domain_clips_ = {d: len(by_domain[d]) for d in DOMAINS}
 
@@ -389,15 +399,20 @@ class MemoryBankDetector(LogMelFrontend, Detector):
         if self.domains:
             self._fit_domains(train)
         else:
-            self._fit_bank(self._raw(train), [])
+            self._fit_bank(self._raw(train))
 
-    def _fit_bank(self, raws: list[np.ndarray], extra_items: list[np.ndarray]) -> None:
-        """Fit one bank on per-clip arrays, plus ``extra_items`` added to the bank only
-        (never held out or scored: they are not training clips)."""
+    def _fit_bank(
+        self,
+        raws: list[np.ndarray],
+        extra: list[np.ndarray] | None = None,
+        extra_from: np.ndarray | None = None,
+    ) -> None:
+        """Fit one bank on per-clip arrays; ``extra`` arrays (made from clip
+        ``extra_from[i]``, like augmented copies) join the bank, not the scored clips."""
         rng = np.random.default_rng(self.seed)
         time_axis, pitch_axis = (0, None) if self.feature == "efficientat" else (1, 0)
         few = self.augment_below == 0 or len(raws) < self.augment_below
-        extra, sources = augment_arrays(
+        augmented, sources = augment_arrays(
             raws,
             self.augment if few else 0,
             self.augment_list,
@@ -407,11 +422,12 @@ class MemoryBankDetector(LogMelFrontend, Detector):
             time_axis=time_axis,
             pitch_axis=pitch_axis,
         )
-        x, owners = self._featurise(raws + extra + extra_items)
-        # An augmented item belongs to the clip it was made from (for the leave-out
-        # folds); an extra item to no clip (-1), so it stays in every fold's bank.
-        clip_of = np.concatenate([np.arange(len(raws)), sources, np.full(len(extra_items), -1)])
-        clip_of = clip_of[owners]
+        if extra:
+            augmented = augmented + list(extra)
+            sources = np.concatenate([sources, np.asarray(extra_from, dtype=np.int64)])
+        x, owners = self._featurise(raws + augmented)
+        # An augmented item belongs to the clip it was made from (for the leave-out folds).
+        clip_of = np.concatenate([np.arange(len(raws)), sources])[owners]
         real = owners < len(raws)
         self.mean_ = x.mean(axis=0) if self.standardize else np.zeros(x.shape[1])
         std = x.std(axis=0)
@@ -431,7 +447,7 @@ class MemoryBankDetector(LogMelFrontend, Detector):
                 self.units_.append(self._make_backend(backend).fit(zb[rows]))
                 held = np.empty(len(raws))
                 for fold in range(n_folds) if len(raws) > 1 else []:
-                    out = (clip_of >= 0) & (fold_of_clip[np.maximum(clip_of, 0)] == fold)
+                    out = fold_of_clip[clip_of] == fold
                     # The same bank without the fold's clips (and their augmented
                     # copies); the coreset is not recomputed, which keeps folds cheap.
                     fold_rows = rows[~out[rows]]
