@@ -193,10 +193,11 @@ def test_domain_score_is_the_smaller_standardised_bank_score(shifted: Path) -> N
     assert set(detector.domain_banks_) == {"source", "target"}
 
 
-def test_domains_without_target_clips_use_one_bank(shifted: Path) -> None:
+def test_domains_without_target_clips_use_one_bank_and_say_so(shifted: Path, caplog) -> None:
     train = [c for c in discover(shifted / "fan" / "train") if c.domain == "source"]
     detector = create("domain-memory-bank", per_id=False, **BANK).fit(train)
     assert set(detector.domain_banks_) == {"source"}
+    assert "no target-domain training clips" in caplog.text
 
 
 # ---------------------------------------------------------------- attribute-classifier

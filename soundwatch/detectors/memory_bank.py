@@ -13,6 +13,7 @@ on its own leave-one-out scores of the training clips. This is the recipe of Gen
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import numpy as np
@@ -25,6 +26,8 @@ from soundwatch.detectors.params import Param, override, parse_channel
 from soundwatch.detectors.registry import register
 from soundwatch.detectors.scorers import METRICS, Scorer, create_scorer
 from soundwatch.errors import ConfigError, ModelFileError
+
+logger = logging.getLogger(__name__)
 
 FEATURES: tuple[str, ...] = ("logmel-stats", "logmel-patch", "efficientat")
 LEVELS: tuple[str, ...] = ("clip", "frame")
@@ -393,6 +396,14 @@ class MemoryBankDetector(LogMelFrontend, Detector):
                     bank._fit_bank(by_domain[domain])
                 self.domain_banks_[domain] = bank
         self.n_domain_clips_ = {d: len(by_domain[d]) for d in DOMAINS}
+        missing = [d for d in DOMAINS if not by_domain[d]]
+        if missing:
+            logger.warning(
+                "%s: no %s-domain training clips among %d; scoring with one bank",
+                self.name,
+                missing[0],
+                len(train),
+            )
 
     # ----------------------------------------------------------------- hooks
     def _fit(self, train: list[Clip], valid: list[Clip]) -> None:
