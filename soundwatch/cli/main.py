@@ -932,10 +932,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "synth",
-        help="write a synthetic DCASE 2020-layout data set",
+        help="write a synthetic DCASE 2020-layout (or, --domain-shift, 2023-style) data set",
         description="Write synthetic machine sounds from a physical model as "
         "OUT/MACHINE/train/normal_id_XX_*.wav and OUT/MACHINE/test/"
-        "{normal,anomaly}_id_XX_*.wav (16 kHz, 16-bit, 10 s). See docs/synth.md.",
+        "{normal,anomaly}_id_XX_*.wav (16 kHz, 16-bit, 10 s); with --domain-shift as "
+        "OUT/MACHINE/{train,test}/section_XX_{source,target}_{train,test}_{normal,anomaly}"
+        "_NNNN_ATTR_VALUE.wav plus attributes_XX.csv. See docs/synth.md.",
     )
     p.add_argument("out", help="output data-set root")
     p.add_argument(
