@@ -35,6 +35,8 @@ TINY: dict[str, dict] = {
     "gru-ae": {**NET, "hidden": 8, "layers": 1, "frames": 4, "stride": 8},
     "id-classifier": ID_CLASSIFIER,
     "memory-bank": {"bank_size": 32, "loo_folds": 3, "patch_hop": 8},
+    "domain-memory-bank": {"bank_size": 32, "loo_folds": 3, "patch_hop": 8, "target_mixup": 1},
+    "attribute-classifier": ID_CLASSIFIER,
     "ensemble": {
         "member_params": ";".join(f"id-classifier.{k}={v}" for k, v in ID_CLASSIFIER.items())
     },
@@ -42,7 +44,7 @@ TINY: dict[str, dict] = {
     "encoder-unet-decoder": {**NET, "channels": "8,8,8,8,8", "crop_seconds": 1.28},
 }
 # Detectors whose models are one per machine type by design refuse per_id=true.
-PER_ID_REFUSED = {"id-classifier", "ensemble"}
+PER_ID_REFUSED = {"id-classifier", "attribute-classifier", "ensemble"}
 
 
 @pytest.fixture(scope="module")

@@ -270,6 +270,12 @@ SYNTH_OPTIONS = {
     "workers": "--workers",
     "seed": "--seed",
     "sessions": "--sessions",
+    "n_sections": "--sections",
+    "n_source": "--n-source",
+    "n_target": "--n-target",
+    "n_test_normal": "--n-test-normal",
+    "n_test_anomaly": "--n-test-anomaly",
+    "shift": "--shift",
 }
 
 
@@ -291,13 +297,56 @@ def cmd_synth(args: argparse.Namespace) -> int:
 
 
 def _generate(args: argparse.Namespace) -> dict:
-    from soundwatch.synth import generate_dataset
+    from soundwatch.synth import generate_dataset, generate_domain_shift_dataset
 
+    if args.domain_shift:
+        given = [
+            option
+            for option, value in (
+                ("--ids", args.ids),
+                ("--n-train", args.n_train),
+                ("--sessions", args.sessions),
+            )
+            if value is not None
+        ]
+        if given:
+            raise ConfigError(
+                f"{', '.join(given)} do not apply to --domain-shift; use --sections, "
+                "--n-source and --n-target"
+            )
+        return generate_domain_shift_dataset(
+            args.out,
+            machine=args.machine,
+            n_sections=3 if args.sections is None else args.sections,
+            n_source=990 if args.n_source is None else args.n_source,
+            n_target=10 if args.n_target is None else args.n_target,
+            n_test_normal=args.n_test_normal,
+            n_test_anomaly=args.n_test_anomaly,
+            shift=1.0 if args.shift is None else args.shift,
+            snr_db=args.snr,
+            severity=args.severity,
+            seed=args.seed,
+            id_spread=args.id_spread,
+            workers=args.workers,
+            overwrite=args.overwrite,
+        )
+    domain_only = [
+        option
+        for option, value in (
+            ("--sections", args.sections),
+            ("--n-source", args.n_source),
+            ("--n-target", args.n_target),
+            ("--shift", args.shift),
+        )
+        if value is not None
+    ]
+    if domain_only:
+        raise ConfigError(f"{', '.join(domain_only)} need --domain-shift")
     return generate_dataset(
         args.out,
         machine=args.machine,
-        n_ids=args.ids,
-        n_train_per_id=args.n_train,
+        n_ids=4 if args.ids is None else args.ids,
+        n_train_per_id=100 if args.n_train is None else args.n_train,
         n_test_normal_per_id=args.n_test_normal,
         n_test_anomaly_per_id=args.n_test_anomaly,
         snr_db=args.snr,
@@ -306,7 +355,7 @@ def _generate(args: argparse.Namespace) -> dict:
         id_spread=args.id_spread,
         workers=args.workers,
         overwrite=args.overwrite,
-        sessions=args.sessions,
+        sessions=1 if args.sessions is None else args.sessions,
     )
 
 
@@ -883,10 +932,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "synth",
-        help="write a synthetic DCASE 2020-layout data set",
+        help="write a synthetic DCASE 2020-layout (or, --domain-shift, 2023-style) data set",
         description="Write synthetic machine sounds from a physical model as "
         "OUT/MACHINE/train/normal_id_XX_*.wav and OUT/MACHINE/test/"
-        "{normal,anomaly}_id_XX_*.wav (16 kHz, 16-bit, 10 s). See docs/synth.md.",
+        "{normal,anomaly}_id_XX_*.wav (16 kHz, 16-bit, 10 s); with --domain-shift as "
+        "OUT/MACHINE/{train,test}/section_XX_{source,target}_{train,test}_{normal,anomaly}"
+        "_NNNN_ATTR_VALUE.wav plus attributes_XX.csv. See docs/synth.md.",
     )
     p.add_argument("out", help="output data-set root")
     p.add_argument(
@@ -898,13 +949,50 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--ids",
         type=int,
-        default=4,
         metavar="N",
         help="number of machine IDs to synthesise, named 00, 02, 04... (default: 4)",
     )
-    p.add_argument("--n-train", type=int, default=100, help="training normals per ID")
-    p.add_argument("--n-test-normal", type=int, default=50, help="test normals per ID")
-    p.add_argument("--n-test-anomaly", type=int, default=50, help="test anomalies per ID")
+    p.add_argument("--n-train", type=int, help="training normals per ID (default: 100)")
+    p.add_argument(
+        "--n-test-normal",
+        type=int,
+        default=50,
+        help="test normals per ID (with --domain-shift: per section and domain)",
+    )
+    p.add_argument(
+        "--n-test-anomaly",
+        type=int,
+        default=50,
+        help="test anomalies per ID (with --domain-shift: per section and domain)",
+    )
+    p.add_argument(
+        "--domain-shift",
+        action="store_true",
+        help="write a DCASE 2023-style set instead: sections section_00.., source and "
+        "target domains whose speed, microphone or background differ, attributes in the "
+        "file names and attributes_XX.csv (see docs/synth.md)",
+    )
+    p.add_argument(
+        "--sections",
+        type=int,
+        metavar="N",
+        help="--domain-shift: sections, each one machine unit (default: 3)",
+    )
+    p.add_argument(
+        "--n-source",
+        type=int,
+        help="--domain-shift: source-domain training normals per section (default: 990)",
+    )
+    p.add_argument(
+        "--n-target",
+        type=int,
+        help="--domain-shift: target-domain training normals per section (default: 10)",
+    )
+    p.add_argument(
+        "--shift",
+        type=float,
+        help="--domain-shift: size of the source-to-target change, 0-3 (default: 1)",
+    )
     p.add_argument(
         "--snr",
         type=float,
@@ -925,7 +1013,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--sessions",
         type=int,
-        default=1,
         help="recording sessions (days) with their own microphone gain, EQ tilt, "
         "background level and machine load; training and test clips span all of them "
         "and file names end in _sessionNN (default 1: no session effects)",

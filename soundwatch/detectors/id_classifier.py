@@ -42,6 +42,7 @@ from soundwatch.features.scaling import Standardizer
 from soundwatch.training.loop import shuffled_batches
 
 SCORE_METHODS = ("nll", "knn", "mahalanobis", "gmm")
+CLASS_KINDS = ("id", "attributes")
 FALLBACKS = ("auto", "transforms", "off")
 #: Crops per inference pass.
 SCORE_BATCH = 64
@@ -94,6 +95,13 @@ class IdClassifierDetector(LogMelFrontend, TorchDetectorMixin, Detector):
     logits at the trained scale, no margin) averaged over those crops. A clip of an ID
     (or machine type) not seen in training is scored against the class it fits best:
     lowest NLL or lowest scorer score over the untransformed classes.
+    Attribute classes (``classes=attributes``, DCASE 2022+ data): a class is a machine
+    ID (section) together with the clip's attributes, from its file name or
+    ``attributes_XX.csv`` (``section 00, spd=96``), so that the network has to hear the
+    operating conditions too, as in the DCASE 2022-2024 classifier baselines. A
+    training clip without attributes belongs to its section's class; a test clip whose
+    combination was not trained (or that has no attributes) is scored against the
+    best-fitting class of its own section.
     Reference: STgram-MFN (Liu et al., 2022), here with fewer channels and short crops.
     """
 
@@ -121,6 +129,12 @@ class IdClassifierDetector(LogMelFrontend, TorchDetectorMixin, Detector):
             "transform pseudo-classes: always, only for a single ID (auto), never (off)",
             choices=FALLBACKS,
         ),
+        "classes": Param(
+            "id",
+            "what the classes are: machine IDs (sections), or section x attributes "
+            "(attributes; the section where a clip has none)",
+            choices=CLASS_KINDS,
+        ),
         "transform_strength": Param(
             1.0, "scale of the fallback's transformations", low=0.05, high=2.0
         ),
@@ -139,6 +153,33 @@ class IdClassifierDetector(LogMelFrontend, TorchDetectorMixin, Detector):
     def crop_frames(self) -> int:
         return max(2, round(self.crop_seconds * self.sample_rate / self.hop_length))
 
+    def _class_of(self, clip: Clip) -> str | None:
+        """The clip's class name within its machine type: its ID, or with
+        ``classes=attributes`` its ID and attributes (``"00:spd=96"``)."""
+        if self.classes == "id" or not clip.attributes or clip.machine_id is None:
+            return clip.machine_id
+        return clip.machine_id + ":" + ",".join(f"{k}={v}" for k, v in clip.attributes)
+
+    @staticmethod
+    def _section(class_name: str | None) -> str | None:
+        return None if class_name is None else class_name.split(":", 1)[0]
+
+    def _fallback_columns(self, clips: Sequence[Clip], columns: list[int]) -> np.ndarray:
+        """(n_clips, len(columns)) mask of the classes an unknown clip may be scored
+        against: those of its own section where there are any, else all."""
+        primary = self.classes_[0].machine_type
+        sections = [
+            (self.classes_[j].machine_type, self._section(self.classes_[j].machine_id))
+            for j in columns
+        ]
+        mask = np.ones((len(clips), len(columns)), dtype=bool)
+        for row, clip in enumerate(clips):
+            key = (clip.machine_type if clip.machine_type is not None else primary, clip.machine_id)
+            own = np.array([s == key for s in sections])
+            if own.any():
+                mask[row] = own
+        return mask
+
     def _plan_classes(self, clips: list[Clip]) -> tuple[list[ClassKey], bool]:
         """Classes for these training clips and whether the transform fallback is on.
 
@@ -148,14 +189,14 @@ class IdClassifierDetector(LogMelFrontend, TorchDetectorMixin, Detector):
         """
         counts = Counter(c.machine_type for c in clips)
         primary = min(counts, key=lambda t: (-counts[t], _type_order(t)))
-        ids = sorted({c.machine_id for c in clips if c.machine_type == primary}, key=str)
+        ids = sorted({self._class_of(c) for c in clips if c.machine_type == primary}, key=str)
         others = sorted((t for t in counts if t != primary), key=_type_order)
         transforms = self.fallback == "transforms" or (self.fallback == "auto" and len(ids) == 1)
         if transforms:
             classes = [ClassKey(primary, i, t) for i in ids for t in TRANSFORMS]
             classes += [ClassKey(t, None) for t in others]
         else:
-            pairs = {(c.machine_type, c.machine_id) for c in clips}
+            pairs = {(c.machine_type, self._class_of(c)) for c in clips}
             classes = [ClassKey(primary, i) for i in ids] + [
                 ClassKey(t, i)
                 for t, i in sorted(pairs, key=lambda p: (_type_order(p[0]), str(p[1])))
@@ -177,11 +218,13 @@ class IdClassifierDetector(LogMelFrontend, TorchDetectorMixin, Detector):
             machine_type = clip.machine_type if clip.machine_type is not None else primary
             if self.transforms_:
                 for j, name in enumerate(TRANSFORMS):
-                    table[row, j] = index.get(ClassKey(machine_type, clip.machine_id, name), -1)
+                    table[row, j] = index.get(
+                        ClassKey(machine_type, self._class_of(clip), name), -1
+                    )
                 if table[row, 0] < 0:  # an outlier machine type
                     table[row, 0] = index.get(ClassKey(machine_type, None), -1)
             else:
-                table[row, 0] = index.get(ClassKey(machine_type, clip.machine_id), -1)
+                table[row, 0] = index.get(ClassKey(machine_type, self._class_of(clip)), -1)
         return table
 
     def _waveforms(self, clips: Sequence[Clip]) -> list[np.ndarray]:
@@ -327,15 +370,18 @@ class IdClassifierDetector(LogMelFrontend, TorchDetectorMixin, Detector):
         if self.score_method == "nll":
             nll = -self._clip_means(crop_clip, log_probs, len(bank))
             candidates = self._own_classes()
-            best = nll[:, candidates].min(axis=1)
+            allowed = self._fallback_columns(clips, list(candidates))
+            best = np.where(allowed, nll[:, candidates], np.inf).min(axis=1)
             known = own >= 0
             return np.where(known, nll[np.arange(len(bank)), np.maximum(own, 0)], best)
         vectors = self._clip_means(crop_clip, embeddings, len(bank))
         scores = np.stack([scorer.score(vectors) for scorer in self.scorers_.values()], axis=1)
         column = {cls: j for j, cls in enumerate(self.scorers_)}
         own_column = np.array([column.get(int(c), -1) for c in own])
+        allowed = self._fallback_columns(clips, list(self.scorers_))
+        best = np.where(allowed, scores, np.inf).min(axis=1)
         return np.where(
-            own_column >= 0, scores[np.arange(len(bank)), np.maximum(own_column, 0)], scores.min(1)
+            own_column >= 0, scores[np.arange(len(bank)), np.maximum(own_column, 0)], best
         )
 
     def _get_state(self) -> tuple[dict[str, np.ndarray], dict]:
@@ -367,3 +413,16 @@ class IdClassifierDetector(LogMelFrontend, TorchDetectorMixin, Detector):
             self.scorers_[int(cls)] = Scorer.from_state(arrays, meta)
         if self.score_method != "nll" and not self.scorers_:
             raise ModelFileError(f"{self.name}: model file holds no embedding scorers")
+
+
+@register
+class AttributeClassifierDetector(IdClassifierDetector):
+    """:class:`IdClassifierDetector` with ``classes=attributes``: the classes are
+    section x attribute combinations (the section where a clip has no attributes).
+
+    The preset for DCASE 2022+ data with attribute files; see
+    :class:`IdClassifierDetector` for the parameters.
+    """
+
+    name = "attribute-classifier"
+    params = override(IdClassifierDetector.params, classes="attributes")

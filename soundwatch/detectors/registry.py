@@ -21,6 +21,10 @@ _PACKAGE = "soundwatch.detectors"
 #: lives here, not on the class, so that listing needs no import; :func:`register` copies
 #: it onto the class.
 BUILTIN: dict[str, tuple[str, str]] = {
+    "attribute-classifier": (
+        f"{_PACKAGE}.id_classifier",
+        "id-classifier whose classes are section x attributes (classes=attributes)",
+    ),
     "conv-ae": (
         f"{_PACKAGE}.conv",
         "convolutional autoencoder on min-max scaled log-mel patches, MSE score",
@@ -40,6 +44,11 @@ BUILTIN: dict[str, tuple[str, str]] = {
     "dcase2023-ae": (
         f"{_PACKAGE}.dcase2023_ae",
         "DCASE 2023 baseline: dense autoencoder, MSE or selective Mahalanobis score",
+    ),
+    "domain-memory-bank": (
+        f"{_PACKAGE}.memory_bank",
+        "memory-bank with separate source and target banks; score = smaller standardised "
+        "distance (domains=true)",
     ),
     "efficientat-gmm": (
         f"{_PACKAGE}.embedding",

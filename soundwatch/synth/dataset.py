@@ -392,6 +392,28 @@ def _render_job(job: dict) -> dict:
     return {"index": job["order"], "peak": float(np.max(np.abs(y)))}
 
 
+def render_jobs(jobs: list[dict], desc: str, progress: bool, workers: int) -> float:
+    """Render and write every clip job (in ``workers`` processes); returns the seconds."""
+    _tune_allocator()
+    t0 = time.perf_counter()
+    bar = tqdm(total=len(jobs), desc=desc, unit="clip", disable=not progress)
+    try:
+        if workers == 1 or len(jobs) < 2:
+            for job in jobs:
+                _render_job(job)
+                bar.update(1)
+        else:
+            pool = multiprocessing.get_context().Pool(
+                min(workers, len(jobs)), initializer=_tune_allocator
+            )
+            with pool:
+                for _ in pool.imap_unordered(_render_job, jobs, chunksize=4):
+                    bar.update(1)
+    finally:
+        bar.close()
+    return time.perf_counter() - t0
+
+
 def generate_dataset(
     out_root: str | Path,
     machine: str = "slider",
@@ -550,24 +572,7 @@ def generate_dataset(
                     }
                 )
 
-    _tune_allocator()
-    t0 = time.perf_counter()
-    bar = tqdm(total=len(jobs), desc=f"synth {machine}", unit="clip", disable=not progress)
-    try:
-        if workers == 1 or len(jobs) < 2:
-            for job in jobs:
-                _render_job(job)
-                bar.update(1)
-        else:
-            pool = multiprocessing.get_context().Pool(
-                min(workers, len(jobs)), initializer=_tune_allocator
-            )
-            with pool:
-                for _ in pool.imap_unordered(_render_job, jobs, chunksize=4):
-                    bar.update(1)
-    finally:
-        bar.close()
-    seconds = time.perf_counter() - t0
+    seconds = render_jobs(jobs, f"synth {machine}", progress, workers)
 
     manifest = {
         "generator": "soundwatch.synth",
