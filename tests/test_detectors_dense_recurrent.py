@@ -11,7 +11,7 @@ import soundwatch.detectors.mlp_ae
 import soundwatch.detectors.recurrent
 import soundwatch.detectors.vae  # noqa: F401  (registration)
 from soundwatch.data.datasets import discover
-from soundwatch.detectors import available, create
+from soundwatch.detectors import Detector, available, create
 from soundwatch.detectors.params import parse_list
 from soundwatch.detectors.windows import (
     dense_stack,
@@ -86,7 +86,27 @@ def test_variants_fit_and_score(name, params, tiny_slider):
 def test_encoder_distance_shares_the_autoencoder():
     ae, distance = available()["mlp-ae"], available()["mlp-encoder-distance"]
     assert issubclass(distance, ae)
-    assert distance.params is ae.params
+    assert {k: v for k, v in distance.params.items() if k != "distance"} == ae.params
+    assert distance.params["distance"].default == "euclidean"  # the published score
+
+
+def test_encoder_distance_mahalanobis_scores_whitened_mean_codes(tiny_slider, tmp_path):
+    train, test = tiny_slider
+    params = {**FAST, "hidden": "32", "latent": 4, "frames": 4}
+    euclid = create("mlp-encoder-distance", **params).fit(train)
+    maha = create("mlp-encoder-distance", distance="mahalanobis", **params).fit(train)
+    # Same seed, same network: only the distance differs.
+    store = maha._store(test, maha.score_stride)
+    codes = maha._clip_codes(store)
+    np.testing.assert_allclose(
+        euclid.score(test), np.linalg.norm(codes - euclid.center_, axis=1), rtol=1e-6
+    )
+    expected = maha.scorer_.score(codes)
+    np.testing.assert_allclose(maha.score(test), expected, rtol=1e-6)
+    loaded = Detector.load(maha.save(tmp_path / "maha.safetensors"))
+    np.testing.assert_allclose(loaded.score(test), expected, rtol=1e-6)
+    with pytest.raises(ConfigError, match="distance"):
+        create("mlp-encoder-distance", distance="cosine")
 
 
 @pytest.mark.parametrize(

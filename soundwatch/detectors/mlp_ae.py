@@ -15,6 +15,7 @@ from soundwatch.detectors.frontend import LOGMEL_PARAMS
 from soundwatch.detectors.neural import TRAIN_PARAMS
 from soundwatch.detectors.params import Param, override, parse_list
 from soundwatch.detectors.registry import register
+from soundwatch.detectors.scorers import MahalanobisScorer, Scorer
 from soundwatch.detectors.windows import FrameStoreDetector, dense_stack, grid_indices
 from soundwatch.features.frames import FrameStore
 
@@ -103,28 +104,70 @@ class MlpEncoderDistance(MlpAutoencoderDetector):
     and defaults). After training, the encoder maps every training patch on the scoring
     grid (starts every ``score_stride`` frames) to its 64-d code, shape (n_patches, 64),
     and their mean is the centre.
-    Score: Euclidean distance between the mean code of the clip's patches and the centre.
+    Score (``distance=euclidean``, the published system): Euclidean distance between the
+    mean code of the clip's patches and the centre. ``distance=mahalanobis`` instead
+    fits a Ledoit-Wolf Gaussian to the training clips' mean codes, shape (n_clips, 64),
+    and scores the squared Mahalanobis distance to it.
+    Why the published score can sit near chance: the autoencoder learns the normals
+    (its reconstruction error separates anomalies), and its codes do not collapse, but
+    the Euclidean distance of a mean code weighs every code direction by how much the
+    normals themselves vary along it, so normal clip-to-clip variation (and, with
+    ``per_id=false``, the spread between machine IDs) can swamp the shift an anomaly
+    causes. Whitening the codes (``distance=mahalanobis``, best with ``per_id=true``)
+    removes that weighting; see benchmarks/results/2026-11-29-seed-systems.md.
     CPU cost: that of ``mlp-ae`` plus one encoder pass over the training patches.
     """
 
     name = "mlp-encoder-distance"
+    params = {
+        **MlpAutoencoderDetector.params,
+        "distance": Param(
+            "euclidean",
+            "euclidean (published): distance of the mean code to the training mean code; "
+            "mahalanobis: Ledoit-Wolf Mahalanobis distance of the mean code to the "
+            "training clips' mean codes",
+            choices=("euclidean", "mahalanobis"),
+        ),
+    }
+
+    def _clip_codes(self, store: FrameStore, indices: np.ndarray | None = None) -> np.ndarray:
+        """Mean code of each clip's patches (all, or ``indices``), shape (n_clips, latent)."""
+        codes = self._map_windows(store, self.network_.encode, indices)
+        clips = store.window_clip if indices is None else store.window_clip[indices]
+        counts = np.bincount(clips, minlength=store.n_clips)
+        sums = np.stack(
+            [np.bincount(clips, weights=c, minlength=store.n_clips) for c in codes.T], axis=1
+        )
+        return sums / counts[:, None]
 
     def _after_training(self, train_store: FrameStore) -> None:
-        codes = self._map_windows(
-            train_store, self.network_.encode, grid_indices(train_store, self.score_stride)
-        )
+        grid = grid_indices(train_store, self.score_stride)
+        if self.distance == "mahalanobis":
+            self.scorer_ = MahalanobisScorer().fit(self._clip_codes(train_store, grid))
+            self.center_ = self.scorer_.location_
+            return
+        self.scorer_ = None
+        codes = self._map_windows(train_store, self.network_.encode, grid)
         self.center_ = codes.mean(axis=0)
 
     def _score(self, clips: list[Clip]) -> np.ndarray:
-        store = self._store(clips, self.score_stride)
-        codes = self._map_windows(store, self.network_.encode)
-        clip_codes = np.stack([store.clip_means(c) for c in codes.T], axis=1)
+        clip_codes = self._clip_codes(self._store(clips, self.score_stride))
+        if self.scorer_ is not None:
+            return self.scorer_.score(clip_codes)
         return np.linalg.norm(clip_codes - self.center_, axis=1)
 
     def _get_state(self) -> tuple[dict[str, np.ndarray], dict]:
         tensors, state = super()._get_state()
+        if self.scorer_ is not None:
+            arrays, meta = self.scorer_.state()
+            tensors = {**tensors, **{f"scorer.{k}": v for k, v in arrays.items()}}
+            state = {**state, "scorer": meta}
         return {**tensors, "center": self.center_}, state
 
     def _set_state(self, tensors: dict[str, np.ndarray], state: dict) -> None:
         super()._set_state(tensors, state)
         self.center_ = np.asarray(tensors["center"], dtype=np.float64)
+        self.scorer_ = None
+        if "scorer" in state:
+            arrays = {k[7:]: v for k, v in tensors.items() if k.startswith("scorer.")}
+            self.scorer_ = Scorer.from_state(arrays, state["scorer"])
