@@ -3,6 +3,8 @@ gru-ae) detectors: one real end-to-end fit per family, variants, and their build
 blocks. The contract every detector keeps (round trip, determinism, ...) is in
 test_contract."""
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -101,8 +103,17 @@ def test_encoder_distance_mahalanobis_scores_whitened_mean_codes(tiny_slider, tm
     np.testing.assert_allclose(
         euclid.score(test), np.linalg.norm(codes - euclid.center_, axis=1), rtol=1e-6
     )
-    expected = maha.scorer_.score(codes)
+    # One Gaussian per machine ID; a clip is scored under its own ID's.
+    ids = np.array([c.machine_id for c in test])
+    assert sorted(maha.scorers_) == sorted(set(ids))
+    expected = np.array(
+        [maha.scorers_[i].score(code[None])[0] for i, code in zip(ids, codes, strict=True)]
+    )
     np.testing.assert_allclose(maha.score(test), expected, rtol=1e-6)
+    # A clip of an ID the model never saw gets its smallest distance over the IDs.
+    unseen = [replace(c, machine_id="99") for c in test]
+    nearest = np.min([s.score(codes) for s in maha.scorers_.values()], axis=0)
+    np.testing.assert_allclose(maha.score(unseen), nearest, rtol=1e-6)
     loaded = Detector.load(maha.save(tmp_path / "maha.safetensors"))
     np.testing.assert_allclose(loaded.score(test), expected, rtol=1e-6)
     with pytest.raises(ConfigError, match="distance"):
