@@ -19,7 +19,7 @@ TRAIN_PARAMS: dict[str, Param] = {
     ),
     "min_delta": Param(0.0, "smallest validation improvement that counts", low=0.0),
     "restore_best": Param(
-        True, "keep the weights of the best validation epoch (false: those of the last epoch)"
+        True, "true: keep the weights of the best validation epoch; false: those of the last"
     ),
     "threads": Param(0, "torch CPU threads (0 = torch's default)", low=0),
 }
