@@ -118,6 +118,14 @@ def test_encoder_distance_mahalanobis_scores_whitened_mean_codes(tiny_slider, tm
     np.testing.assert_allclose(loaded.score(test), expected, rtol=1e-6)
     with pytest.raises(ConfigError, match="distance"):
         create("mlp-encoder-distance", distance="cosine")
+    # One Gaussian per ID needs two clips of each ID, checked before training.
+    one_of_02 = [c for c in train if c.machine_id == "00"] + [
+        next(c for c in train if c.machine_id == "02")
+    ]
+    lonely = create("mlp-encoder-distance", distance="mahalanobis", validation_fraction=0, **params)
+    with pytest.raises(ConfigError, match="ID 02 has 1"):
+        lonely.fit(one_of_02)
+    assert not hasattr(lonely, "network_")
 
 
 @pytest.mark.parametrize(

@@ -18,6 +18,7 @@ from soundwatch.detectors.params import Param, override, parse_list
 from soundwatch.detectors.registry import register
 from soundwatch.detectors.scorers import MahalanobisScorer, Scorer
 from soundwatch.detectors.windows import FrameStoreDetector, dense_stack, grid_indices
+from soundwatch.errors import ConfigError
 from soundwatch.features.frames import FrameStore
 
 
@@ -144,6 +145,14 @@ class MlpEncoderDistance(MlpAutoencoderDetector):
 
     def _fit(self, train: list[Clip], valid: list[Clip]) -> None:
         self._train_ids = np.array([id_key(c) for c in train])
+        if self.distance == "mahalanobis":  # refused before training, not after
+            ids, counts = np.unique(self._train_ids, return_counts=True)
+            if counts.min() < MahalanobisScorer.min_samples:
+                raise ConfigError(
+                    f"distance=mahalanobis needs at least {MahalanobisScorer.min_samples} "
+                    f"training clips per machine ID; ID {ids[counts.argmin()] or '(none)'} "
+                    f"has {counts.min()}"
+                )
         super()._fit(train, valid)
 
     def _after_training(self, train_store: FrameStore) -> None:
