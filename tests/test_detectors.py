@@ -78,6 +78,51 @@ def test_dcase2020_ae_architecture_matches_baseline():
     assert n_batchnorm == len(linear) - 1
 
 
+def test_dcase2020_ae_follows_the_official_recipe_by_default():
+    # The official script trains 100 epochs in batches of 512 and keeps the last epoch;
+    # its validation split only reports a loss.
+    config = create("dcase2020-ae").train_config()
+    assert (config.epochs, config.restore_best) == (100, False)
+    assert create("dcase2020-ae").batch_size == 512
+    assert create("dcase2020-ae", restore_best="true").train_config().restore_best is True
+    # Other neural detectors keep the best validation epoch, as before.
+    assert create("mlp-ae").train_config().restore_best is True
+    assert create("dcase2023-ae").train_config().restore_best is False
+
+
+@pytest.mark.parametrize("restore_best", [True, False])
+def test_training_loop_keeps_best_or_last_epoch(restore_best):
+    import torch
+
+    from soundwatch.training.loop import TrainConfig, train
+
+    class Scalar(torch.nn.Module):
+        """Training pulls w to 1; the validation loss w**2 is lowest before any step."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(()))
+
+        def loss(self, target: float) -> torch.Tensor:
+            return (self.w - target) ** 2
+
+    model = Scalar()
+    config = TrainConfig(epochs=5, learning_rate=0.1, restore_best=restore_best, progress=False)
+    weights = []
+
+    def train_batches(rng):
+        yield 1.0
+        weights.append(float(model.w.detach()))  # after this epoch's step
+
+    history = train(model, train_batches, lambda: [0.0], config)
+    kept = float(model.w.detach())
+    assert weights == sorted(weights) and len(set(weights)) == 5  # w rises every epoch
+    if restore_best:
+        assert (history.best_epoch, kept) == (0, weights[0])
+    else:
+        assert (history.best_epoch, kept) == (4, weights[-1])
+
+
 def test_per_id_models_route_clips_by_machine_id(slider):
     train, test = slider
     relabelled = [

@@ -3,6 +3,8 @@ gru-ae) detectors: one real end-to-end fit per family, variants, and their build
 blocks. The contract every detector keeps (round trip, determinism, ...) is in
 test_contract."""
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -11,7 +13,7 @@ import soundwatch.detectors.mlp_ae
 import soundwatch.detectors.recurrent
 import soundwatch.detectors.vae  # noqa: F401  (registration)
 from soundwatch.data.datasets import discover
-from soundwatch.detectors import available, create
+from soundwatch.detectors import Detector, available, create
 from soundwatch.detectors.params import parse_list
 from soundwatch.detectors.windows import (
     dense_stack,
@@ -86,7 +88,44 @@ def test_variants_fit_and_score(name, params, tiny_slider):
 def test_encoder_distance_shares_the_autoencoder():
     ae, distance = available()["mlp-ae"], available()["mlp-encoder-distance"]
     assert issubclass(distance, ae)
-    assert distance.params is ae.params
+    assert {k: v for k, v in distance.params.items() if k != "distance"} == ae.params
+    assert distance.params["distance"].default == "euclidean"  # the published score
+
+
+def test_encoder_distance_mahalanobis_scores_whitened_mean_codes(tiny_slider, tmp_path):
+    train, test = tiny_slider
+    params = {**FAST, "hidden": "32", "latent": 4, "frames": 4}
+    euclid = create("mlp-encoder-distance", **params).fit(train)
+    maha = create("mlp-encoder-distance", distance="mahalanobis", **params).fit(train)
+    # Same seed, same network: only the distance differs.
+    store = maha._store(test, maha.score_stride)
+    codes = maha._clip_codes(store)
+    np.testing.assert_allclose(
+        euclid.score(test), np.linalg.norm(codes - euclid.center_, axis=1), rtol=1e-6
+    )
+    # One Gaussian per machine ID; a clip is scored under its own ID's.
+    ids = np.array([c.machine_id for c in test])
+    assert sorted(maha.scorers_) == sorted(set(ids))
+    expected = np.array(
+        [maha.scorers_[i].score(code[None])[0] for i, code in zip(ids, codes, strict=True)]
+    )
+    np.testing.assert_allclose(maha.score(test), expected, rtol=1e-6)
+    # A clip of an ID the model never saw gets its smallest distance over the IDs.
+    unseen = [replace(c, machine_id="99") for c in test]
+    nearest = np.min([s.score(codes) for s in maha.scorers_.values()], axis=0)
+    np.testing.assert_allclose(maha.score(unseen), nearest, rtol=1e-6)
+    loaded = Detector.load(maha.save(tmp_path / "maha.safetensors"))
+    np.testing.assert_allclose(loaded.score(test), expected, rtol=1e-6)
+    with pytest.raises(ConfigError, match="distance"):
+        create("mlp-encoder-distance", distance="cosine")
+    # One Gaussian per ID needs two clips of each ID, checked before training.
+    one_of_02 = [c for c in train if c.machine_id == "00"] + [
+        next(c for c in train if c.machine_id == "02")
+    ]
+    lonely = create("mlp-encoder-distance", distance="mahalanobis", validation_fraction=0, **params)
+    with pytest.raises(ConfigError, match="ID 02 has 1"):
+        lonely.fit(one_of_02)
+    assert not hasattr(lonely, "network_")
 
 
 @pytest.mark.parametrize(

@@ -437,6 +437,15 @@ class ConvDeepSVDDDetector(ConvPatchDetector):
     patches per clip from a stride-8 grid, LR plateau and early stopping on held-out
     normals. The 32-64-128-256 encoder is costly on a CPU, hence fewer patches per epoch.
     Score: mean over the clip's patches (stride 16) of ||z - c||^2.
+    On soundwatch's synthetic sets this score sits near chance, and the causes the
+    study's description invites were ruled out on separately seeded sets: the codes do
+    not collapse onto c; dropout and batch statistics in training mode (the objective
+    is optimised in train mode, scored in eval mode) change little when dropout is
+    removed; a centre per machine ID, or recomputed from the trained codes, does not
+    help; and more epochs do not raise it above that after the first epoch. The
+    Euclidean distance weighs every code direction by the normals' own spread there;
+    a Ledoit-Wolf Mahalanobis distance of the clip's mean code separates fan anomalies
+    far better, slider ones not. See benchmarks/results/2026-11-29-seed-systems.md.
     """
 
     name = "conv-ae-svdd"

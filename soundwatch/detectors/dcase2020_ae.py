@@ -7,7 +7,7 @@ from torch import nn
 
 from soundwatch.detectors.frontend import LOGMEL_PARAMS
 from soundwatch.detectors.neural import TRAIN_PARAMS
-from soundwatch.detectors.params import Param
+from soundwatch.detectors.params import Param, override
 from soundwatch.detectors.registry import register
 from soundwatch.detectors.windows import FrameStoreDetector
 
@@ -53,8 +53,11 @@ class DCASE2020Autoencoder(FrameStoreDetector):
     Input: 5 consecutive log-mel frames (n_fft 1024, hop 512, 128 mels, 10·log10 power)
     flattened to 640-d vectors, shape (batch, 640).
     Network: 640-128-128-128-128-8-128-128-128-128-640, BatchNorm and ReLU on every
-    layer but the output. Adam (lr 1e-3), MSE, batch 512, 100 epochs; 10 % of the
-    training normals are held out for validation and the best validation epoch is kept.
+    layer but the output. Adam (lr 1e-3), MSE, batch 512, 100 epochs, and the weights of
+    the last epoch are kept, as in the official script, whose Keras ``validation_split``
+    only reports a loss. 10 % of the training normals are held out: their loss is
+    recorded per epoch and they calibrate the threshold; ``restore_best=true`` keeps the
+    best validation epoch instead (with few clips that is chosen on very few windows).
     Score: mean squared reconstruction error over all the clip's vectors.
     Anomaly map: each vector's squared error reshaped to (context, n_mels), spread back
     onto the frames it covers and averaged over the vectors covering each frame.
@@ -64,7 +67,7 @@ class DCASE2020Autoencoder(FrameStoreDetector):
     name = "dcase2020-ae"
     params = {
         **LOGMEL_PARAMS,
-        **TRAIN_PARAMS,
+        **override(TRAIN_PARAMS, restore_best=False),
         "context": Param(5, "consecutive frames per input vector", low=1),
         "hidden": Param(128, "width of the hidden layers", low=1),
         "bottleneck": Param(8, "width of the code layer", low=1),

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
-
 import numpy as np
 import torch
 
@@ -14,7 +12,6 @@ from soundwatch.detectors.params import Param, override
 from soundwatch.detectors.registry import register
 from soundwatch.errors import ConfigError
 from soundwatch.features.frames import FrameStore
-from soundwatch.training.loop import TrainConfig
 
 DOMAINS = ("source", "target")
 
@@ -42,16 +39,13 @@ class DCASE2023Autoencoder(DCASE2020Autoencoder):
     name = "dcase2023-ae"
     params = {
         **DCASE2020Autoencoder.params,
-        **override(TRAIN_PARAMS, batch_size=256),
+        **override(TRAIN_PARAMS, batch_size=256, restore_best=False),
         "scoring": Param(
             "mse",
             "mse, or mahalanobis: the smaller of the source and target distances",
             choices=("mse", "mahalanobis"),
         ),
     }
-
-    def train_config(self) -> TrainConfig:
-        return dataclasses.replace(super().train_config(), restore_best=False)
 
     def _fit(self, train: list[Clip], valid: list[Clip]) -> None:
         self._train_domains = [c.domain if c.domain in DOMAINS else "source" for c in train]

@@ -11,11 +11,14 @@ import torch
 from torch import nn
 
 from soundwatch.data.clips import Clip
+from soundwatch.detectors.base import id_key
 from soundwatch.detectors.frontend import LOGMEL_PARAMS
 from soundwatch.detectors.neural import TRAIN_PARAMS
 from soundwatch.detectors.params import Param, override, parse_list
 from soundwatch.detectors.registry import register
+from soundwatch.detectors.scorers import MahalanobisScorer, Scorer
 from soundwatch.detectors.windows import FrameStoreDetector, dense_stack, grid_indices
+from soundwatch.errors import ConfigError
 from soundwatch.features.frames import FrameStore
 
 
@@ -103,28 +106,95 @@ class MlpEncoderDistance(MlpAutoencoderDetector):
     and defaults). After training, the encoder maps every training patch on the scoring
     grid (starts every ``score_stride`` frames) to its 64-d code, shape (n_patches, 64),
     and their mean is the centre.
-    Score: Euclidean distance between the mean code of the clip's patches and the centre.
+    Score (``distance=euclidean``, the published system): Euclidean distance between the
+    mean code of the clip's patches and the centre. ``distance=mahalanobis`` instead
+    fits one Ledoit-Wolf Gaussian per machine ID to the mean codes of that ID's training
+    clips, shape (n_clips, 64), and scores a clip by the squared Mahalanobis distance
+    under its own ID's Gaussian (the smallest over the IDs for a clip of an ID the
+    model never saw). The autoencoder stays one for the machine type.
+    Why the published score can sit near chance: the autoencoder learns the normals
+    (its reconstruction error separates anomalies), and its codes do not collapse, but
+    the Euclidean distance of a mean code weighs every code direction by how much the
+    normals themselves vary along it, so normal clip-to-clip variation and the spread
+    between machine IDs swamp the shift an anomaly causes. One whitened Gaussian per ID
+    removes both; see benchmarks/results/2026-11-29-seed-systems.md.
     CPU cost: that of ``mlp-ae`` plus one encoder pass over the training patches.
     """
 
     name = "mlp-encoder-distance"
+    params = {
+        **MlpAutoencoderDetector.params,
+        "distance": Param(
+            "euclidean",
+            "euclidean (published): distance of the mean code to the training mean code; "
+            "mahalanobis: Ledoit-Wolf Mahalanobis distance of the mean code to the mean "
+            "codes of the training clips of the clip's machine ID",
+            choices=("euclidean", "mahalanobis"),
+        ),
+    }
+
+    def _clip_codes(self, store: FrameStore, indices: np.ndarray | None = None) -> np.ndarray:
+        """Mean code of each clip's patches (all, or ``indices``), shape (n_clips, latent)."""
+        codes = self._map_windows(store, self.network_.encode, indices)
+        clips = store.window_clip if indices is None else store.window_clip[indices]
+        counts = np.bincount(clips, minlength=store.n_clips)
+        sums = np.stack(
+            [np.bincount(clips, weights=c, minlength=store.n_clips) for c in codes.T], axis=1
+        )
+        return sums / counts[:, None]
+
+    def _fit(self, train: list[Clip], valid: list[Clip]) -> None:
+        self._train_ids = np.array([id_key(c) for c in train])
+        if self.distance == "mahalanobis":  # refused before training, not after
+            ids, counts = np.unique(self._train_ids, return_counts=True)
+            if counts.min() < MahalanobisScorer.min_samples:
+                raise ConfigError(
+                    f"distance=mahalanobis needs at least {MahalanobisScorer.min_samples} "
+                    f"training clips per machine ID; ID {ids[counts.argmin()] or '(none)'} "
+                    f"has {counts.min()}"
+                )
+        super()._fit(train, valid)
 
     def _after_training(self, train_store: FrameStore) -> None:
-        codes = self._map_windows(
-            train_store, self.network_.encode, grid_indices(train_store, self.score_stride)
-        )
+        grid = grid_indices(train_store, self.score_stride)
+        self.scorers_: dict[str, Scorer] = {}
+        if self.distance == "mahalanobis":
+            clip_codes = self._clip_codes(train_store, grid)
+            for machine_id in sorted(set(self._train_ids)):
+                members = clip_codes[self._train_ids == machine_id]
+                self.scorers_[machine_id] = MahalanobisScorer().fit(members)
+            self.center_ = clip_codes.mean(axis=0)
+            return
+        codes = self._map_windows(train_store, self.network_.encode, grid)
         self.center_ = codes.mean(axis=0)
 
     def _score(self, clips: list[Clip]) -> np.ndarray:
-        store = self._store(clips, self.score_stride)
-        codes = self._map_windows(store, self.network_.encode)
-        clip_codes = np.stack([store.clip_means(c) for c in codes.T], axis=1)
-        return np.linalg.norm(clip_codes - self.center_, axis=1)
+        clip_codes = self._clip_codes(self._store(clips, self.score_stride))
+        if not self.scorers_:
+            return np.linalg.norm(clip_codes - self.center_, axis=1)
+        by_id = {k: scorer.score(clip_codes) for k, scorer in self.scorers_.items()}
+        nearest = np.min(np.stack(list(by_id.values())), axis=0)
+        return np.array(
+            [by_id[id_key(c)][i] if id_key(c) in by_id else nearest[i] for i, c in enumerate(clips)]
+        )
 
     def _get_state(self) -> tuple[dict[str, np.ndarray], dict]:
         tensors, state = super()._get_state()
-        return {**tensors, "center": self.center_}, state
+        tensors = {**tensors, "center": self.center_}
+        if self.scorers_:
+            metas = []
+            for k, (machine_id, scorer) in enumerate(self.scorers_.items()):
+                arrays, meta = scorer.state()
+                metas.append({"machine_id": machine_id, **meta})
+                tensors.update({f"scorer{k}.{name}": v for name, v in arrays.items()})
+            state = {**state, "scorers": metas}
+        return tensors, state
 
     def _set_state(self, tensors: dict[str, np.ndarray], state: dict) -> None:
         super()._set_state(tensors, state)
         self.center_ = np.asarray(tensors["center"], dtype=np.float64)
+        self.scorers_ = {}
+        for k, meta in enumerate(state.get("scorers", [])):
+            prefix = f"scorer{k}."
+            arrays = {n[len(prefix) :]: v for n, v in tensors.items() if n.startswith(prefix)}
+            self.scorers_[meta["machine_id"]] = Scorer.from_state(arrays, meta)

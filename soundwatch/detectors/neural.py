@@ -18,6 +18,9 @@ TRAIN_PARAMS: dict[str, Param] = {
         0, "stop after this many epochs without validation improvement (0 = off)", low=0
     ),
     "min_delta": Param(0.0, "smallest validation improvement that counts", low=0.0),
+    "restore_best": Param(
+        True, "true: keep the weights of the best validation epoch; false: those of the last"
+    ),
     "threads": Param(0, "torch CPU threads (0 = torch's default)", low=0),
 }
 
@@ -33,6 +36,7 @@ class TorchDetectorMixin:
             lr_patience=self.lr_patience,
             early_stopping_patience=self.early_stopping_patience,
             min_delta=self.min_delta,
+            restore_best=self.restore_best,
             seed=self.seed,
             threads=self.threads,
         )

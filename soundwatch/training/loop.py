@@ -3,7 +3,7 @@
 A detector owns its network and says how to turn a batch into a loss
 (:class:`LossModel`); it hands the loop two batch sources. The loop owns everything
 else: optimiser, learning-rate schedule, early stopping, seeding, threads, progress bar
-and restoring the best validation checkpoint.
+and, unless ``restore_best`` is off, restoring the best validation checkpoint.
 """
 
 from __future__ import annotations
