@@ -61,4 +61,10 @@ def shared_encoder(
 
 @lru_cache(maxsize=4)
 def _cached_encoder(name: str, weights: str | None, device: str, batch_size: int) -> Encoder:
-    return ENCODERS.create(name, weights=weights, device=device, batch_size=batch_size)
+    import torch
+
+    # Building a network draws from torch's global generator; without fork_rng a
+    # detector seeded before it would train differently depending on whether the
+    # encoder was already cached.
+    with torch.random.fork_rng(devices=[]):
+        return ENCODERS.create(name, weights=weights, device=device, batch_size=batch_size)
