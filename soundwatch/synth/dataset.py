@@ -327,8 +327,15 @@ def _check_float(
     return float(value)
 
 
-def _prepare_folder(machine_dir: Path, overwrite: bool) -> None:
-    """Refuse a non-empty target unless ``overwrite``; then remove only our own files."""
+def prepare_folder(
+    machine_dir: Path,
+    overwrite: bool,
+    clip_name: re.Pattern = _CLIP_NAME,
+    own_file: re.Pattern | None = None,
+) -> None:
+    """Refuse a non-empty target unless ``overwrite``; then remove only our own files:
+    clips in train/ and test/ matching ``clip_name``, the manifest, and files of the
+    machine folder matching ``own_file``."""
     if machine_dir.exists() and not machine_dir.is_dir():
         raise ConfigError(f"{machine_dir} exists and is not a folder")
     if machine_dir.is_dir() and any(machine_dir.iterdir()):
@@ -343,9 +350,12 @@ def _prepare_folder(machine_dir: Path, overwrite: bool) -> None:
             d = machine_dir / sub
             if d.is_dir():
                 for f in d.iterdir():
-                    if f.is_file() and _CLIP_NAME.match(f.name):
+                    if f.is_file() and clip_name.match(f.name):
                         f.unlink()
         (machine_dir / MANIFEST_NAME).unlink(missing_ok=True)
+        for f in machine_dir.iterdir():
+            if own_file is not None and f.is_file() and own_file.match(f.name):
+                f.unlink()
     (machine_dir / "train").mkdir(parents=True, exist_ok=True)
     (machine_dir / "test").mkdir(parents=True, exist_ok=True)
 
@@ -517,7 +527,7 @@ def generate_dataset(
         raise ConfigError("no clips requested: all per-ID clip counts are 0")
 
     machine_dir = Path(out_root) / machine
-    _prepare_folder(machine_dir, overwrite)
+    prepare_folder(machine_dir, overwrite)
 
     code = _machine_code(machine)
     ids = [f"{2 * i:02d}" for i in range(n_ids)]

@@ -36,6 +36,7 @@ from soundwatch.synth.dataset import (
     _check_int,
     _machine_code,
     _model,
+    prepare_folder,
     render_jobs,
     sample_id_params,
 )
@@ -90,29 +91,6 @@ def domain_conditions(section: int, domain: str, index: int, shift: float = 1.0)
             for key in _NEUTRAL
         }
     return name, value, {k: round(float(v), 4) for k, v in conditions.items()}
-
-
-def _prepare_folder(machine_dir: Path, overwrite: bool) -> None:
-    """Refuse a non-empty target unless ``overwrite``; then remove only our own files."""
-    if machine_dir.exists() and not machine_dir.is_dir():
-        raise ConfigError(f"{machine_dir} exists and is not a folder")
-    if machine_dir.is_dir() and any(machine_dir.iterdir()):
-        if not overwrite:
-            raise ConfigError(
-                f"{machine_dir} is not empty; choose another folder or pass --overwrite "
-                "(overwrite=True)"
-            )
-        for sub in ("train", "test"):
-            d = machine_dir / sub
-            if d.is_dir():
-                for f in d.iterdir():
-                    if f.is_file() and _CLIP_NAME.match(f.name):
-                        f.unlink()
-        for f in machine_dir.iterdir():
-            if f.is_file() and (_ATTRIBUTE_CSV.match(f.name) or f.name == MANIFEST_NAME):
-                f.unlink()
-    (machine_dir / "train").mkdir(parents=True, exist_ok=True)
-    (machine_dir / "test").mkdir(parents=True, exist_ok=True)
 
 
 def generate_domain_shift_dataset(
@@ -187,7 +165,7 @@ def generate_domain_shift_dataset(
         raise ConfigError("no clips requested: all per-section clip counts are 0")
 
     machine_dir = Path(out_root) / machine
-    _prepare_folder(machine_dir, overwrite)
+    prepare_folder(machine_dir, overwrite, _CLIP_NAME, _ATTRIBUTE_CSV)
     kinds = list(model.kinds)
     code = _machine_code(machine)
     sections = [f"{s:02d}" for s in range(n_sections)]
