@@ -299,63 +299,51 @@ def cmd_synth(args: argparse.Namespace) -> int:
 def _generate(args: argparse.Namespace) -> dict:
     from soundwatch.synth import generate_dataset, generate_domain_shift_dataset
 
+    def given(*options: tuple[str, object]) -> list[str]:
+        return [option for option, value in options if value is not None]
+
+    common = {
+        "machine": args.machine,
+        "snr_db": args.snr,
+        "severity": args.severity,
+        "seed": args.seed,
+        "id_spread": args.id_spread,
+        "workers": args.workers,
+        "overwrite": args.overwrite,
+    }
     if args.domain_shift:
-        given = [
-            option
-            for option, value in (
-                ("--ids", args.ids),
-                ("--n-train", args.n_train),
-                ("--sessions", args.sessions),
-            )
-            if value is not None
-        ]
-        if given:
+        if wrong := given(
+            ("--ids", args.ids), ("--n-train", args.n_train), ("--sessions", args.sessions)
+        ):
             raise ConfigError(
-                f"{', '.join(given)} do not apply to --domain-shift; use --sections, "
+                f"{', '.join(wrong)} do not apply to --domain-shift; use --sections, "
                 "--n-source and --n-target"
             )
         return generate_domain_shift_dataset(
             args.out,
-            machine=args.machine,
             n_sections=3 if args.sections is None else args.sections,
             n_source=990 if args.n_source is None else args.n_source,
             n_target=10 if args.n_target is None else args.n_target,
             n_test_normal=args.n_test_normal,
             n_test_anomaly=args.n_test_anomaly,
             shift=1.0 if args.shift is None else args.shift,
-            snr_db=args.snr,
-            severity=args.severity,
-            seed=args.seed,
-            id_spread=args.id_spread,
-            workers=args.workers,
-            overwrite=args.overwrite,
+            **common,
         )
-    domain_only = [
-        option
-        for option, value in (
-            ("--sections", args.sections),
-            ("--n-source", args.n_source),
-            ("--n-target", args.n_target),
-            ("--shift", args.shift),
-        )
-        if value is not None
-    ]
-    if domain_only:
-        raise ConfigError(f"{', '.join(domain_only)} need --domain-shift")
+    if wrong := given(
+        ("--sections", args.sections),
+        ("--n-source", args.n_source),
+        ("--n-target", args.n_target),
+        ("--shift", args.shift),
+    ):
+        raise ConfigError(f"{', '.join(wrong)} need --domain-shift")
     return generate_dataset(
         args.out,
-        machine=args.machine,
         n_ids=4 if args.ids is None else args.ids,
         n_train_per_id=100 if args.n_train is None else args.n_train,
         n_test_normal_per_id=args.n_test_normal,
         n_test_anomaly_per_id=args.n_test_anomaly,
-        snr_db=args.snr,
-        severity=args.severity,
-        seed=args.seed,
-        id_spread=args.id_spread,
-        workers=args.workers,
-        overwrite=args.overwrite,
         sessions=1 if args.sessions is None else args.sessions,
+        **common,
     )
 
 
