@@ -188,7 +188,7 @@ def main() -> None:
     parser.add_argument("--n-efficientat", type=int, default=500, help="clips for EfficientAT")
     parser.add_argument("--memory-n", default="1000,5000", help="archive sizes for memory")
     parser.add_argument("--base", type=int, default=200, help="distinct rendered clips")
-    parser.add_argument("--efficientat", default="efficientat-mahalanobis")
+    parser.add_argument("--efficientat", default="embedding")
     parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "sw-bench-scale")
     parser.add_argument("--json", type=Path, help="also write the figures as JSON")
     args = parser.parse_args()
