@@ -9,14 +9,16 @@ never test labels:
 - ``meanstd:K`` takes the mean plus ``K`` sample standard deviations.
 
 :func:`fit_threshold` dispatches on such a method spec; :func:`fit_thresholds` fits one
-threshold per machine ID (when it has enough scores) and a pooled one.
+threshold per machine ID (when it has enough scores) and a pooled one, and for DCASE
+2021+ clips also one per section and domain (key ``"00/target"``).
+:func:`lookup_threshold` is the one place that picks a clip's threshold.
 """
 
 from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -105,13 +107,14 @@ def gamma_threshold(scores: np.ndarray, quantile: float = 0.9) -> float:
     return float(threshold) if np.isfinite(threshold) else empirical
 
 
-def decide(scores: np.ndarray, threshold: float) -> np.ndarray:
+def decide(scores: np.ndarray, threshold: float | np.ndarray) -> np.ndarray:
     """Binary decisions: 1 (anomaly) where ``score > threshold``, else 0 (normal).
 
     Parameters
     ----------
     scores : array-like of shape (n_clips,)
-    threshold : float
+    threshold : float or array-like of shape (n_clips,)
+        One threshold, or each clip's (see :func:`clip_thresholds`).
 
     Returns
     -------
@@ -122,9 +125,11 @@ def decide(scores: np.ndarray, threshold: float) -> np.ndarray:
     ConfigError
         If ``threshold`` or any score is NaN or infinite.
     """
-    if not np.isfinite(threshold):
+    if not np.all(np.isfinite(threshold)):
         raise ConfigError(f"decision threshold must be finite, got {threshold}")
     s = check_array(scores, "anomaly scores")
+    if np.ndim(threshold) and np.shape(threshold) != s.shape:
+        raise ConfigError(f"{np.size(threshold)} thresholds for {s.size} anomaly scores")
     return (s > threshold).astype(int)
 
 
@@ -250,6 +255,8 @@ POOLED = "all"
 #: Fewest held-out scores for a threshold of a machine ID's own (else the pooled one):
 #: a distribution fitted to a handful of scores is unreliable.
 MIN_CLIPS_PER_ID = 8
+#: Separator of a section-and-domain threshold key such as ``"00/target"``.
+DOMAIN_SEP = "/"
 #: Default parameter of each method when a spec gives only the name.
 THRESHOLD_DEFAULTS: dict[str, float] = {"gamma": 0.9, "percentile": 95.0, "meanstd": 3.0}
 #: The method specs that reports compare.
@@ -347,30 +354,48 @@ def fit_threshold(scores: np.ndarray, method_spec: str | ThresholdMethod = "gamm
     return method.fit(scores)
 
 
+def domain_key(machine_id: str | None, domain: str | None) -> str | None:
+    """Threshold key of a section's domain, e.g. ``"00/target"``; None without either.
+
+    Examples
+    --------
+    >>> domain_key("00", "target")
+    '00/target'
+    >>> domain_key("00", None) is None
+    True
+    """
+    if not machine_id or not domain:
+        return None
+    return f"{machine_id}{DOMAIN_SEP}{domain}"
+
+
 def fit_thresholds(
     scores_by_id: Mapping[str, np.ndarray],
     method_spec: str | ThresholdMethod = "gamma:0.9",
     min_clips: int = MIN_CLIPS_PER_ID,
     pooled_key: str = POOLED,
 ) -> dict[str, float]:
-    """Pooled and per-machine-ID thresholds of normal-clip scores.
+    """Pooled, per-machine-ID and per-(section, domain) thresholds of normal-clip scores.
 
     Parameters
     ----------
     scores_by_id : mapping of str to array-like
-        Scores of normal clips per machine ID. Clips without an ID are given under
-        ``pooled_key``: they count for the pooled threshold only.
+        Scores of normal clips per machine ID, or per section and domain under
+        :func:`domain_key` keys (``"00/source"``); a section's threshold pools its
+        domains. Clips without an ID are given under ``pooled_key``: they count for the
+        pooled threshold only.
     method_spec : str or ThresholdMethod, default="gamma:0.9"
     min_clips : int, default=8
-        Fewest scores for a threshold of an ID's own; IDs with fewer use the pooled one,
-        since a distribution fitted to a handful of scores is unreliable.
+        Fewest scores for a threshold of an ID's (or a domain's) own; groups with fewer
+        fall back (see :func:`lookup_threshold`), since a distribution fitted to a
+        handful of scores is unreliable.
     pooled_key : str, default="all"
 
     Returns
     -------
     thresholds : dict of str to float
-        ``pooled_key`` (over all scores), then each ID with at least ``min_clips``
-        scores, sorted.
+        ``pooled_key`` (over all scores), then each ID and each section's domain with at
+        least ``min_clips`` scores, sorted.
 
     Raises
     ------
@@ -385,10 +410,93 @@ def fit_thresholds(
     arrays = {str(k): np.asarray(v, dtype=float).reshape(-1) for k, v in scores_by_id.items()}
     pooled = np.concatenate(list(arrays.values())) if arrays else np.zeros(0)
     thresholds = {pooled_key: method.fit(pooled)}
-    for machine_id in sorted(set(arrays) - {pooled_key}):
-        if arrays[machine_id].size >= min_clips:
-            thresholds[machine_id] = method.fit(arrays[machine_id])
+    groups: dict[str, list[np.ndarray]] = {}
+    for key, values in arrays.items():
+        if key == pooled_key:
+            continue
+        groups.setdefault(key.split(DOMAIN_SEP, 1)[0], []).append(values)
+        if DOMAIN_SEP in key:
+            groups.setdefault(key, []).append(values)
+    for key in sorted(groups):
+        values = np.concatenate(groups[key])
+        if values.size >= min_clips:
+            thresholds[key] = method.fit(values)
     return thresholds
+
+
+def lookup_threshold(
+    thresholds: Mapping[str, float], machine_id: str | None, domain: str | None = None
+) -> tuple[str | None, float | None]:
+    """The threshold a clip is judged by, and its key.
+
+    Order: the section's domain (``"00/target"``), else the machine ID's (section's),
+    else the pooled one.
+
+    Parameters
+    ----------
+    thresholds : mapping of str to float
+        As :func:`fit_thresholds` returns.
+    machine_id : str or None
+        The clip's machine ID (its section for DCASE 2021+).
+    domain : str or None
+        ``"source"``, ``"target"`` or None.
+
+    Returns
+    -------
+    key : str or None
+        The key used; None when not even a pooled threshold exists.
+    threshold : float or None
+
+    Examples
+    --------
+    >>> lookup_threshold({"all": 1.0, "00": 2.0}, "00", "target")
+    ('00', 2.0)
+    """
+    for key in (domain_key(machine_id, domain), machine_id or None, POOLED):
+        if key is not None and key in thresholds:
+            return key, float(thresholds[key])
+    return None, None
+
+
+def clip_thresholds(
+    thresholds: Mapping[str, float], ids: Sequence[str | None], clips: Sequence
+) -> np.ndarray:
+    """:func:`lookup_threshold` for each clip, shape (n_clips,); NaN where none applies.
+
+    Parameters
+    ----------
+    thresholds : mapping of str to float
+    ids : sequence of str or None of length n_clips
+        Each clip's machine ID as the caller assigns it.
+    clips : sequence of Clip of length n_clips
+        Their ``domain`` selects a section's domain threshold.
+    """
+    values = [
+        lookup_threshold(thresholds, machine_id, getattr(clip, "domain", None))[1]
+        for machine_id, clip in zip(ids, clips, strict=True)
+    ]
+    return np.array([np.nan if v is None else v for v in values], dtype=float)
+
+
+def describe_threshold(
+    thresholds: Mapping[str, float], machine_id: str | None, domain: str | None = None
+) -> str:
+    """In words, which threshold :func:`lookup_threshold` picks.
+
+    ``section 00, target domain``; ``machine ID 00`` (with ``(no threshold for its
+    target domain)`` when the clip has a domain); ``pooled (no threshold for ID 06)``;
+    ``pooled`` for a clip without ID.
+    """
+    key, _ = lookup_threshold(thresholds, machine_id, domain)
+    if key is not None and key == domain_key(machine_id, domain):
+        return f"section {machine_id}, {domain} domain"
+    if machine_id and key == machine_id:
+        if domain:
+            return f"machine ID {machine_id} (no threshold for its {domain} domain)"
+        return f"machine ID {machine_id}"
+    if machine_id:
+        return f"pooled (no threshold for ID {machine_id})"
+    return "pooled"
 
 
 def design_rate(method: ThresholdMethod) -> float:

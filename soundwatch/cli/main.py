@@ -1028,8 +1028,9 @@ def build_parser() -> argparse.ArgumentParser:
         "score",
         help="score audio files or folders with a trained model",
         description="Score files or folders (searched recursively) with a model file. Writes "
-        "CSV: path, machine_id, score, threshold, threshold_source (the machine ID's "
-        "threshold or the pooled one), decision (1 = anomalous). --threshold refits the "
+        "CSV: path, machine_id, score, threshold, threshold_source (the threshold of the "
+        "clip's section and domain, else of its machine ID, else the pooled one), decision "
+        "(1 = anomalous). --threshold refits the "
         "decision threshold from the normal scores stored in the model, without "
         "retraining. A clip whose machine type, sample rate, channel count or duration "
         "differs from the training data gets a one-line warning on stderr.",

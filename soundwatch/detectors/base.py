@@ -29,7 +29,10 @@ from soundwatch.thresholds import (
     MIN_CLIPS_PER_ID,
     POOLED,
     ThresholdMethod,
+    describe_threshold,
+    domain_key,
     fit_thresholds,
+    lookup_threshold,
     parse_threshold_method,
 )
 
@@ -155,12 +158,15 @@ class Detector(ABC):
     params : dict of str to Param
         Hyperparameters in addition to :data:`COMMON_PARAMS` (which they may override).
     thresholds_ : dict of str to float
-        Decision thresholds after ``fit``: per machine ID and ``"all"`` (pooled).
+        Decision thresholds after ``fit``: per machine ID, per section and domain
+        (``"00/target"``, for clips with a domain) and ``"all"`` (pooled); read them
+        through :meth:`threshold_for`.
     history_ : dict
         Training curves of neural detectors (empty for others).
     calibration_scores_ : dict of str to ndarray
         Scores of the held-out normals (or of the training clips when nothing is held
-        out) per machine ID, clips without ID under ``"all"``; the thresholds are fitted
+        out) per machine ID (per section and domain, ``"00/source"``, for clips with a
+        domain), clips without ID under ``"all"``; the thresholds are fitted
         to them, and :meth:`refit_threshold` refits from them.
     """
 
@@ -496,7 +502,10 @@ class Detector(ABC):
     def _set_calibration(self, clips: list[Clip], scores: np.ndarray) -> None:
         groups: dict[str, list[float]] = {}
         for clip, value in zip(clips, scores, strict=True):
-            groups.setdefault(clip.machine_id or POOLED, []).append(float(value))
+            # Clips with a domain (DCASE 2021+) are kept per section and domain, so that
+            # each domain can get a threshold of its own; the section's pools them.
+            key = domain_key(clip.machine_id, clip.domain) or clip.machine_id or POOLED
+            groups.setdefault(key, []).append(float(value))
         self.calibration_scores_ = {k: np.asarray(groups[k]) for k in sorted(groups)}
 
     def _fit_thresholds(self) -> dict[str, float]:
@@ -539,27 +548,28 @@ class Detector(ABC):
         self.thresholds_ = self._fit_thresholds()
         return self
 
-    def threshold_for(self, machine_id: str | None) -> float:
-        """Decision threshold for a machine ID, falling back to the pooled one."""
+    def threshold_for(self, machine_id: str | None, domain: str | None = None) -> float:
+        """Decision threshold for a clip: its section's domain, its machine ID's, else
+        the pooled one (see :func:`soundwatch.thresholds.lookup_threshold`)."""
         if self.thresholds_ is None:
             raise ConfigError(f"{self.name}: detector is not fitted")
-        return self.thresholds_.get(machine_id or POOLED, self.thresholds_[POOLED])
+        _, value = lookup_threshold(self.thresholds_, machine_id, domain)
+        if value is None:
+            raise ConfigError(f"{self.name}: the model holds no pooled threshold")
+        return value
 
-    def threshold_source(self, machine_id: str | None) -> str:
-        """Which threshold :meth:`threshold_for` uses, in words: ``machine ID 00``,
-        ``pooled`` (clip without ID) or ``pooled (no threshold for ID 06)``."""
+    def threshold_source(self, machine_id: str | None, domain: str | None = None) -> str:
+        """Which threshold :meth:`threshold_for` uses, in words: ``section 00, target
+        domain``, ``machine ID 00``, ``pooled`` (clip without ID) or ``pooled (no
+        threshold for ID 06)``."""
         if self.thresholds_ is None:
             raise ConfigError(f"{self.name}: detector is not fitted")
-        if machine_id and machine_id in self.thresholds_:
-            return f"machine ID {machine_id}"
-        if machine_id:
-            return f"pooled (no threshold for ID {machine_id})"
-        return "pooled"
+        return describe_threshold(self.thresholds_, machine_id, domain)
 
     def decide(self, clips: Sequence[Clip] | str | Path, scores: np.ndarray) -> np.ndarray:
         """Decisions (1 = anomalous) of shape (n_clips,) at the fitted thresholds."""
         clips = as_clips(clips)
-        limits = np.array([self.threshold_for(c.machine_id) for c in clips])
+        limits = np.array([self.threshold_for(c.machine_id, c.domain) for c in clips])
         return (np.asarray(scores) > limits).astype(int)
 
     # ----------------------------------------------------------------- persistence

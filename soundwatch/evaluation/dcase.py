@@ -54,7 +54,7 @@ from soundwatch.evaluation.dcase_protocols import DOMAINS, check_protocol
 from soundwatch.evaluation.metrics import evaluate_by_id, machine_ids, mean_scores
 from soundwatch.evaluation.submission import write_result_json
 from soundwatch.fileio import atomic_write_text
-from soundwatch.thresholds import decide
+from soundwatch.thresholds import clip_thresholds, decide
 from soundwatch.validation import check_array
 
 logger = logging.getLogger(__name__)
@@ -353,7 +353,9 @@ def write_dcase_submission(
     clips : sequence of Clip of length n_clips
     scores : array-like of shape (n_clips,)
     thresholds : mapping of str to float
-        Decision threshold per section and/or under ``"all"``.
+        Decision threshold per section, per section and domain (``"00/target"``)
+        and/or under ``"all"``; each clip's is picked by
+        :func:`~soundwatch.thresholds.lookup_threshold`.
     fit_seconds, score_seconds : float
     extra : mapping, optional
         Extra items for ``result.json``.
@@ -376,12 +378,11 @@ def write_dcase_submission(
     for i, (clip, section) in enumerate(zip(clips, sections, strict=True)):
         name = submission_file_name(protocol, "anomaly_score", machine_type, section, clip.domain)
         files.setdefault(name, []).append(i)
-    section_threshold = {}
+    limits = clip_thresholds(thresholds, sections, clips)
     for section in sorted(set(sections)):
-        t = thresholds.get(section, thresholds.get("all"))
-        if t is None or not np.isfinite(t):
+        idx = [i for i, name in enumerate(sections) if name == section]
+        if not np.isfinite(limits[idx]).all():
             raise ConfigError(f"no finite decision threshold for section {section} (nor 'all')")
-        section_threshold[section] = float(t)
 
     per_id, per_section, score = [], [], None
     if any(c.label is not None for c in clips):
@@ -399,11 +400,10 @@ def write_dcase_submission(
     out = Path(out_dir)
     for name, idx in sorted(files.items()):
         names = [Path(clips[i].path).name for i in idx]
-        thr = section_threshold[sections[idx[0]]]
         atomic_write_text(
             out / name, _csv_text(zip(names, (float(v) for v in s[idx]), strict=True))
         )
-        decisions = (int(v) for v in decide(s[idx], thr))
+        decisions = (int(v) for v in decide(s[idx], limits[idx]))
         decision_name = name.replace("anomaly_score_", "decision_result_", 1)
         atomic_write_text(out / decision_name, _csv_text(zip(names, decisions, strict=True)))
     if score is not None:

@@ -27,7 +27,7 @@ from sklearn.metrics import roc_curve
 from soundwatch.data.clips import Clip
 from soundwatch.errors import ConfigError
 from soundwatch.evaluation.metrics import machine_ids
-from soundwatch.thresholds import ThresholdMethod, design_rate, drift_check
+from soundwatch.thresholds import ThresholdMethod, clip_thresholds, design_rate, drift_check
 from soundwatch.validation import check_array, check_labels_scores
 
 
@@ -219,8 +219,10 @@ def decision_metrics(
     """Precision, recall and false-positive rate of the 0/1 decisions at the thresholds.
 
     AUC and pAUC rank scores; these say whether the decisions a user acts on are right.
-    A clip's threshold is its machine ID's (as :func:`machine_ids` assigns it), else the
-    pooled ``thresholds["all"]``, as in the ``decision_result_*.csv`` files.
+    A clip's threshold is its section's domain's, else its machine ID's (as
+    :func:`machine_ids` assigns it), else the pooled ``thresholds["all"]``
+    (:func:`~soundwatch.thresholds.lookup_threshold`), as in the ``decision_result_*.csv``
+    files.
 
     Parameters
     ----------
@@ -228,7 +230,7 @@ def decision_metrics(
         Unlabelled clips are ignored.
     scores : array-like of shape (n_clips,)
     thresholds : dict of str to float
-        Per machine ID and/or ``"all"``.
+        Per machine ID, per section and domain and/or ``"all"``.
 
     Returns
     -------
@@ -239,7 +241,7 @@ def decision_metrics(
     """
     s = check_array(scores, "anomaly scores", n=len(clips))
     ids = machine_ids(clips)
-    limits = np.array([thresholds.get(mid, thresholds.get("all", np.inf)) for mid in ids])
+    limits = np.nan_to_num(clip_thresholds(thresholds, ids, clips), nan=np.inf)
     labelled = np.array([c.label is not None for c in clips], dtype=bool)
     is_anomaly = np.array([bool(c.is_anomaly) for c in clips], dtype=bool)
     flagged = s > limits
@@ -284,7 +286,7 @@ def decision_summary(
     rate = design_rate(method)
     s = np.asarray(scores, dtype=float)
     ids = machine_ids(clips)
-    limits = np.array([thresholds.get(mid, thresholds.get("all", np.inf)) for mid in ids])
+    limits = np.nan_to_num(clip_thresholds(thresholds, ids, clips), nan=np.inf)
     normal = np.array([c.label is not None and not c.is_anomaly for c in clips], dtype=bool)
     on = "normal clips" if normal.any() else "clips"
     flagged = (s > limits)[normal] if normal.any() else s > limits

@@ -30,7 +30,7 @@ from soundwatch.evaluation.metrics import (
     mean_scores,
 )
 from soundwatch.fileio import atomic_write_text
-from soundwatch.thresholds import POOLED, decide
+from soundwatch.thresholds import clip_thresholds, decide
 from soundwatch.validation import check_array
 
 _MEAN_KEYS = ("mean_auc", "mean_pauc", "hmean_auc", "hmean_pauc")
@@ -335,14 +335,14 @@ def write_submission(
     for i, mid in enumerate(ids):
         groups.setdefault(_check_name(mid, "machine id"), []).append(i)
 
-    id_threshold = {}
+    limits = clip_thresholds(thresholds, ids, clips)
     for mid in groups:
-        t = thresholds.get(mid, thresholds.get(POOLED))
-        if t is None:
+        idx = groups[mid]
+        if np.isnan(limits[idx]).any():
             raise ConfigError(f"no decision threshold for machine id {mid} (nor for 'all')")
-        if not np.isfinite(t):
+        if not np.isfinite(limits[idx]).all():
+            t = limits[idx][~np.isfinite(limits[idx])][0]
             raise ConfigError(f"decision threshold for machine id {mid} is {t}")
-        id_threshold[mid] = float(t)
 
     results: list[IdResult] = []
     means = None
@@ -355,7 +355,7 @@ def write_submission(
         idx = groups[mid]
         names = [clips[i].path.name for i in idx]
         write_id_file(out, "anomaly_score", machine_type, mid, names, s[idx])
-        decisions = decide(s[idx], id_threshold[mid])
+        decisions = decide(s[idx], limits[idx])
         write_id_file(out, "decision_result", machine_type, mid, names, decisions)
     if means is not None:
         write_result_csv(out / "result.csv", machine_type, results, means)

@@ -56,6 +56,7 @@ from soundwatch.thresholds import (
     COMPARED_METHODS,
     MIN_CLIPS_PER_ID,
     fit_thresholds,
+    lookup_threshold,
     parse_threshold_method,
 )
 
@@ -377,7 +378,7 @@ def _thresholds(page: _Page, run: RunData, level: int, anchor: str) -> None:
         for spec in specs:
             method = parse_threshold_method(spec)
             fitted = fit_thresholds(calibration, method, min_clips=MIN_CLIPS_PER_ID)
-            values = {e.machine_id: fitted.get(e.machine_id, fitted["all"]) for e in labelled}
+            values = {e.machine_id: lookup_threshold(fitted, e.machine_id)[1] for e in labelled}
             name = f"{method.spec} (used)" if method.spec == used else method.spec
             add(
                 name,

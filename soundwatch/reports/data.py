@@ -26,6 +26,7 @@ from soundwatch.data.clips import ANOMALY, NORMAL, Clip
 from soundwatch.data.datasets import clip_from_path, discover
 from soundwatch.errors import ConfigError, SoundwatchError
 from soundwatch.evaluation.protocol import MODEL_FILE, RESULT_FILE
+from soundwatch.thresholds import lookup_threshold
 
 LEADERBOARD_FILE = "leaderboard.json"
 _SCORE_FILE = re.compile(r"^anomaly_score_(?P<type>.+)_id_(?P<id>[^_]+)\.csv$")
@@ -273,7 +274,8 @@ def load_run(folder: str | Path) -> RunData:
             clip_from_path(p if p is not None else name).label
             for p, name in zip(paths, names, strict=True)
         ]
-        threshold = thresholds.get(machine_id, thresholds.get("all"))
+        # score files of this layout are per machine ID, without domains
+        key, threshold = lookup_threshold(thresholds, machine_id)
         ids.append(
             IdScores(
                 machine_id,
@@ -282,8 +284,8 @@ def load_run(folder: str | Path) -> RunData:
                 scores,
                 labels,
                 decisions,
-                None if threshold is None else float(threshold),
-                machine_id not in thresholds,
+                threshold,
+                key != machine_id,
             )
         )
     if not ids:

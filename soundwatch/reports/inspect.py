@@ -74,7 +74,7 @@ def inspect_clip(
         detector.refit_threshold(threshold)
     clip = clip_from_path(path)
     score = float(detector.score([clip])[0])
-    limit = float(detector.threshold_for(clip.machine_id))
+    limit = float(detector.threshold_for(clip.machine_id, clip.domain))
     decision = int(score > limit)
     config = detector.logmel_config() if hasattr(detector, "logmel_config") else LogMelConfig()
     waveform = load_audio(
@@ -101,7 +101,7 @@ def inspect_clip(
         limit,
         decision,
         detector.threshold_method.spec,
-        detector.threshold_source(clip.machine_id),
+        detector.threshold_source(clip.machine_id, clip.domain),
         amap is not None,
         figure,
     )

@@ -255,8 +255,9 @@ class ScoringRuntime:
             if value is None:
                 continue
             result.score = float(value)
-            result.threshold = float(detector.threshold_for(result.machine_id))
-            result.threshold_source = detector.threshold_source(result.machine_id)
+            domain = clips[i].domain
+            result.threshold = float(detector.threshold_for(result.machine_id, domain))
+            result.threshold_source = detector.threshold_source(result.machine_id, domain)
             result.decision = int(result.score > result.threshold)
         return results
 
