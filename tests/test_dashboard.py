@@ -48,6 +48,7 @@ def _post(base: str, clip: Path) -> dict:
     return response.json()
 
 
+@pytest.mark.slow
 def test_dashboard_shows_new_scores_and_alerts_live(tmp_path):
     sync_playwright = _playwright()
     model, test_folder = train_small_model(tmp_path / "model")

@@ -198,6 +198,7 @@ def test_runtime_record_writes_through_the_store(trained, tmp_path) -> None:
     assert ScoringRuntime().record(results) == 0  # no store: nothing kept
 
 
+@pytest.mark.slow
 def test_watch_waits_for_complete_files_and_takes_renames(trained, tmp_path) -> None:
     incoming = tmp_path / "incoming"
     incoming.mkdir()
@@ -308,6 +309,7 @@ def test_stdin_stream_is_cut_into_windows_with_a_hop(trained, tmp_path, caplog) 
     assert (summary.scored, summary.already_stored) == (0, 5)
 
 
+@pytest.mark.slow
 def test_raw_pcm_on_stdin_through_the_command_line(trained, tmp_path) -> None:
     data = _stream_bytes(trained, 2, raw=True)
     done = subprocess.run(
@@ -464,6 +466,7 @@ def _monitor_process(trained: dict, incoming: Path, db: Path, *extra: str) -> su
     )  # fmt: skip
 
 
+@pytest.mark.slow
 def test_killed_monitor_restarts_without_loss_or_doubles(trained, tmp_path) -> None:
     incoming = tmp_path / "in"
     incoming.mkdir()
@@ -502,6 +505,7 @@ def test_killed_monitor_restarts_without_loss_or_doubles(trained, tmp_path) -> N
     assert f"{done_before} already in the store" in out
 
 
+@pytest.mark.slow
 def test_sigint_stops_cleanly(trained, tmp_path) -> None:
     incoming = tmp_path / "in"
     incoming.mkdir()
@@ -520,6 +524,7 @@ def test_sigint_stops_cleanly(trained, tmp_path) -> None:
 
 
 # --------------------------------------------------------------------------- reloads
+@pytest.mark.slow
 def test_hot_reload_keeps_the_old_model_when_the_new_one_fails(trained, tmp_path, caplog) -> None:
     caplog.set_level(logging.INFO, "soundwatch.monitor")
     import soundwatch
@@ -562,6 +567,7 @@ def test_hot_reload_keeps_the_old_model_when_the_new_one_fails(trained, tmp_path
     assert rows["b.wav"]["threshold"] == pytest.approx(refit.threshold_for("00"))
 
 
+@pytest.mark.slow
 def test_changed_config_applies_without_restart(trained, tmp_path, caplog) -> None:
     caplog.set_level(logging.INFO, "soundwatch.monitor")
     first, second = tmp_path / "first", tmp_path / "second"

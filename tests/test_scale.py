@@ -27,6 +27,9 @@ from soundwatch.services.distributed import (  # noqa: E402
 )
 from soundwatch.synth.dataset import generate_dataset  # noqa: E402
 
+# Each test drives a real local Ray cluster: end-to-end, so left out of the edit loop.
+pytestmark = pytest.mark.slow
+
 CORRUPT = ("empty.wav", "text.wav", "truncated.wav")
 
 

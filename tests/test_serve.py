@@ -310,6 +310,7 @@ def test_anomalies_open_an_alert_in_the_store(model, test_clips, tmp_path):
     assert opened[1][0]["reason"].startswith("2 of the last 2 clips anomalous")
 
 
+@pytest.mark.slow
 def test_serve_command_serves_until_sigterm(model, test_clips, tmp_path):
     import os
     import signal

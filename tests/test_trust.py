@@ -244,6 +244,7 @@ def test_api_scores_clips_paths_folders_and_waveforms(slider_mini, model, test_d
     assert detector.score_waveform(y, 16000) == pytest.approx(by_clip[0], rel=1e-4)
 
 
+@pytest.mark.slow
 def test_readme_python_example_runs_as_written(tmp_path):
     readme = (REPO / "README.md").read_text()
     section = readme.split("\n## Python\n", 1)[1]
