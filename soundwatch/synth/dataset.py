@@ -39,6 +39,7 @@ from tqdm import tqdm
 
 from soundwatch.data.manifest import MANIFEST_NAME
 from soundwatch.errors import ConfigError
+from soundwatch.fileio import atomic_write_text
 from soundwatch.synth import fan, slider
 from soundwatch.synth.noise import F32, factory_noise, mix_at_snr, sample_environment
 
@@ -611,9 +612,7 @@ def generate_dataset(
         "clips": records,
     }
     manifest_path = machine_dir / MANIFEST_NAME
-    tmp = manifest_path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
-    tmp.replace(manifest_path)
+    atomic_write_text(manifest_path, json.dumps(manifest, indent=1) + "\n")
     return {
         "machine": machine,
         "root": str(machine_dir),

@@ -30,6 +30,7 @@ import numpy as np
 
 from soundwatch.data.manifest import MANIFEST_NAME
 from soundwatch.errors import ConfigError
+from soundwatch.fileio import atomic_write_text
 from soundwatch.synth.dataset import (
     _SEVERITY_SPREAD,
     _check_float,
@@ -255,9 +256,7 @@ def generate_domain_shift_dataset(
         "clips": records,
     }
     manifest_path = machine_dir / MANIFEST_NAME
-    tmp = manifest_path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
-    tmp.replace(manifest_path)
+    atomic_write_text(manifest_path, json.dumps(manifest, indent=1) + "\n")
     return {
         "machine": machine,
         "root": str(machine_dir),
