@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from soundwatch.data.attributes import attach_attribute_csvs, with_name_attributes
@@ -289,9 +289,10 @@ def _types_text(clips: list[Clip]) -> str:
     return ", ".join(_machine_types(clips)) or "none (the layout names no machine type)"
 
 
-def _find_audio(folder: Path) -> list[Path]:
-    """Audio files under ``folder`` at any depth, sorted; follows links but not loops."""
-    found: list[Path] = []
+def walk_audio(folder: str | os.PathLike) -> Iterator[str]:
+    """Audio files under ``folder`` at any depth, folder by folder in sorted order;
+    follows links but not loops, skips hidden names, and holds one folder's names at a
+    time (never the whole tree)."""
     visited: set[str] = set()
     for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
         real = os.path.realpath(dirpath)
@@ -300,10 +301,11 @@ def _find_audio(folder: Path) -> list[Path]:
             continue
         visited.add(real)
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        base = Path(dirpath)
-        found.extend(
-            base / name
-            for name in sorted(filenames)
-            if not name.startswith(".") and is_audio_file(name)
-        )
-    return sorted(found)
+        for name in sorted(filenames):
+            if not name.startswith(".") and is_audio_file(name):
+                yield os.path.join(dirpath, name)
+
+
+def _find_audio(folder: Path) -> list[Path]:
+    """Audio files under ``folder`` at any depth, sorted (see :func:`walk_audio`)."""
+    return sorted(Path(f) for f in walk_audio(folder))

@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from soundwatch.data.audio import is_audio_file
+from soundwatch.data.datasets import walk_audio
 from soundwatch.errors import ConfigError, DatasetError, SoundwatchError
 from soundwatch.features.cache import file_digest
 from soundwatch.fileio import atomic_path, atomic_write_text, check_writable
@@ -79,22 +80,6 @@ def _is_glob(text: str) -> bool:
     return any(ch in text for ch in "*?[")
 
 
-def _walk(folder: Path) -> Iterator[str]:
-    """Audio files under ``folder``, folder by folder in sorted order; holds one
-    folder's names at a time, never the whole tree."""
-    visited: set[str] = set()
-    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
-        real = os.path.realpath(dirpath)
-        if real in visited:
-            dirnames[:] = []
-            continue
-        visited.add(real)
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        for name in sorted(filenames):
-            if not name.startswith(".") and is_audio_file(name):
-                yield os.path.join(dirpath, name)
-
-
 def _glob_root(pattern: str) -> str:
     parts = Path(pattern).parts
     fixed = []
@@ -126,7 +111,7 @@ def iter_archive(sources: Iterable[str | os.PathLike]) -> Iterator[str]:
         text = str(source)
         path = Path(text)
         if path.is_dir():
-            yield from _walk(path)
+            yield from walk_audio(path)
         elif path.is_file() and is_audio_file(path):
             yield text
         elif path.is_file():
@@ -141,7 +126,7 @@ def iter_archive(sources: Iterable[str | os.PathLike]) -> Iterator[str]:
             if not Path(root).is_dir():
                 raise DatasetError(f"no folder {root} to search for {text}")
             regex = re.compile(fnmatch.translate(text.replace("**/", "*")))
-            for found in _walk(Path(root)):
+            for found in walk_audio(Path(root)):
                 if regex.match(found):
                     yield found
         else:
