@@ -149,6 +149,18 @@ def test_deterministic_for_a_seed_and_worker_count(tmp_path, small_set):
     assert all(other[k] != same[k] for k in same)
 
 
+def test_fewer_training_clips_keep_the_same_test_clips(tmp_path, small_set):
+    # --n-train builds the few-shot regime: only the training normals may change.
+    root, _ = small_set
+    generate_dataset(tmp_path, "slider", seed=3, **{**SMALL, "n_train_per_id": 1})
+    few, full = _bytes(tmp_path), _bytes(root)
+    assert {k: v for k, v in few.items() if "/test/" in k} == {
+        k: v for k, v in full.items() if "/test/" in k
+    }
+    train = [k for k in few if "/train/" in k]
+    assert len(train) == 2 and all(few[k] == full[k] for k in train)
+
+
 def test_refuses_to_overwrite(tmp_path):
     opts = dict(SMALL, n_ids=1)
     generate_dataset(tmp_path, "slider", **opts)
