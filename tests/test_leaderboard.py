@@ -8,6 +8,7 @@ import pytest
 from soundwatch.cli.main import main
 from soundwatch.errors import ConfigError
 from soundwatch.evaluation.leaderboard import rank, resolve_detectors, split_params
+from soundwatch.synth import generate_dataset
 
 
 def test_resolve_detectors():
@@ -71,6 +72,8 @@ def test_bench_writes_three_leaderboard_files(capsys, tiny_slider_root, tmp_path
     )
     captured = capsys.readouterr()
     assert code == 0, captured.err
+    assert "few-shot regime skipped: ID 00 has 8 training normals" in captured.err
+    assert not (out / "regimes.md").exists()
     rows = list(csv.DictReader((out / "leaderboard.csv").open()))
     assert {r["detector"] for r in rows} == {"logmel-mahalanobis", "dcase2020-ae"}
     for row in rows:
@@ -130,3 +133,44 @@ def test_bench_writes_three_leaderboard_files(capsys, tiny_slider_root, tmp_path
     assert "reran (settings changed: params (epochs))" in err and "fit " in err
     result = json.loads((out / "dcase2020-ae" / "result.json").read_text())
     assert result["params"]["epochs"] == 2 and result["fingerprint"]["params"]["epochs"] == 2
+
+
+@pytest.mark.slow
+def test_few_shot_regime_trains_on_the_clips_of_a_smaller_synth_set(
+    capsys, tiny_slider_root, tmp_path
+):
+    out = tmp_path / "bench"
+    args = ["--machine", "slider", "--detectors", "logmel-mahalanobis"]
+    code = main(["bench", str(tiny_slider_root), *args, "--few-shot", "3", "--out", str(out)])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert "few-shot regime, 3 training normals per ID" in captured.out
+    few = json.loads((out / "few-shot-3" / "logmel-mahalanobis" / "result.json").read_text())
+    full = json.loads((out / "logmel-mahalanobis" / "result.json").read_text())
+    assert few["n_train_per_id"] == 3 and full["n_train_per_id"] is None
+    assert few["fingerprint"]["n_train"] == 3
+    table = (out / "regimes.md").read_text()
+    assert "| detector | full AUC | 3-shot AUC |" in table and "| logmel-mahalanobis |" in table
+
+    # The same clips as `soundwatch synth --n-train 3` (same seed and sizes), so the
+    # same scores.
+    small = tmp_path / "small"
+    generate_dataset(
+        small, "slider", n_ids=2, n_train_per_id=3, n_test_normal_per_id=1,
+        n_test_anomaly_per_id=1, duration=3.0, progress=False,
+    )  # fmt: skip
+    direct = tmp_path / "direct"
+    argv = ["evaluate", str(small), "-m", "slider", "-d", "logmel-mahalanobis"]
+    assert main([*argv, "--out", str(direct)]) == 0
+    for name in ("anomaly_score_slider_id_00.csv", "anomaly_score_slider_id_02.csv"):
+        assert (direct / name).read_text() == (
+            out / "few-shot-3" / "logmel-mahalanobis" / name
+        ).read_text()
+
+
+def test_evaluate_refuses_more_training_clips_than_an_id_has(capsys, tiny_slider_root, tmp_path):
+    argv = ["evaluate", str(tiny_slider_root), "-m", "slider", "--out", str(tmp_path / "o")]
+    assert main([*argv, "--n-train", "9"]) == 1
+    err = capsys.readouterr().err
+    assert err.strip() == "error: --n-train 9: ID 00 has only 8 training normals"
+    assert not (tmp_path / "o").exists()

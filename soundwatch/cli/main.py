@@ -496,6 +496,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         progress=_step,
         protocol=protocol,
         ground_truth=Path(args.ground_truth) if args.ground_truth else None,
+        n_train=args.n_train,
     )
     result = evaluation.result
     print(f"{args.machine} / {detector.name} / {result['protocol']} ({result['protocol_reason']})")
@@ -522,7 +523,8 @@ def cmd_official_score(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     from soundwatch.detectors.params import parse_assignments
     from soundwatch.evaluation.leaderboard import (
-        bench,
+        bench_regimes,
+        few_shot_folder,
         format_leaderboard,
         resolve_detectors,
         split_params,
@@ -534,9 +536,23 @@ def cmd_bench(args: argparse.Namespace) -> int:
     detectors = resolve_detectors(args.detectors)
     params = split_params(parse_assignments(args.param), detectors)
     out = Path(args.out) if args.out else Path("soundwatch-bench") / args.machine
-    rows = bench(root, args.machine, detectors, params, out, overwrite=args.overwrite)
-    print(format_leaderboard(rows))
+    full, few = bench_regimes(
+        root,
+        args.machine,
+        detectors,
+        params,
+        out,
+        few_shot=args.few_shot,
+        overwrite=args.overwrite,
+    )
+    print(format_leaderboard(full))
     print(f"leaderboard.csv, leaderboard.md, leaderboard.json and per-detector files in {out}")
+    if few is not None:
+        print(f"\nfew-shot regime, {args.few_shot} training normals per ID:")
+        print(format_leaderboard(few))
+        folder = few_shot_folder(out, args.few_shot)
+        print(f"its files in {folder}; both side by side in {out / 'regimes.md'}")
+    rows = full + (few or [])
     return 0 if all(not r.get("error") for r in rows) else EXIT_ERROR
 
 
@@ -1124,6 +1140,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="folder of the official ground_truth_*.csv files (DCASE 2021+ evaluators) "
         "that label unlabelled evaluation clips",
     )
+    p.add_argument(
+        "--n-train",
+        type=int,
+        metavar="N",
+        help="few-shot regime: train on the first N training normals of each ID (by file "
+        "name) only; an ID with fewer is refused",
+    )
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser(
@@ -1141,7 +1164,9 @@ def build_parser() -> argparse.ArgumentParser:
         "leaderboard.csv, leaderboard.md and leaderboard.json to OUT, one row per result "
         "folder under OUT. A detector whose folder holds results of the same settings "
         "(detector, parameters, data files, soundwatch version) is skipped, so a stopped "
-        "bench resumes; one with other settings is rerun.",
+        "bench resumes; one with other settings is rerun. Then the same for the few-shot "
+        "regime (the first --few-shot training normals of each ID) into OUT/few-shot-N/, "
+        "and OUT/regimes.md puts both regimes side by side.",
     )
     p.add_argument("root", help="data-set root holding MACHINE/train and MACHINE/test")
     p.add_argument("--machine", "-m", required=True, help="machine type, e.g. slider")
@@ -1159,6 +1184,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_out_option(p, "output folder (default: soundwatch-bench/MACHINE)")
     p.add_argument(
         "--overwrite", action="store_true", help="rerun detectors even with the same settings"
+    )
+    p.add_argument(
+        "--few-shot",
+        type=int,
+        default=10,
+        metavar="N",
+        help="training normals per ID of the few-shot regime (default 10; 0: full training "
+        "set only). Skipped, with a note, when an ID has no more than N",
     )
     p.set_defaults(func=cmd_bench)
 

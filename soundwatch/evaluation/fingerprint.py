@@ -14,7 +14,15 @@ from soundwatch import __version__
 from soundwatch.data.datasets import discover
 
 # The parts of a fingerprint, in the order a difference is reported.
-FIELDS = ("detector", "params", "machine_type", "data_root", "data_digest", "soundwatch_version")
+FIELDS = (
+    "detector",
+    "params",
+    "machine_type",
+    "n_train",
+    "data_root",
+    "data_digest",
+    "soundwatch_version",
+)
 
 
 def data_digest(root: str | os.PathLike, machine_type: str) -> str:
@@ -30,13 +38,21 @@ def data_digest(root: str | os.PathLike, machine_type: str) -> str:
     return digest.hexdigest()[:16]
 
 
-def fingerprint(root: str | os.PathLike, machine_type: str, detector: str, params: dict) -> dict:
+def fingerprint(
+    root: str | os.PathLike,
+    machine_type: str,
+    detector: str,
+    params: dict,
+    n_train: int | None = None,
+) -> dict:
     """The fingerprint of evaluating ``detector`` with its full ``params`` (defaults
-    included, as ``Detector.get_params`` gives them) on ``machine_type`` under ``root``."""
+    included, as ``Detector.get_params`` gives them) on ``machine_type`` under ``root``,
+    trained on the first ``n_train`` normals per ID (None: all of them)."""
     return {
         "detector": detector,
         "params": dict(sorted(params.items())),
         "machine_type": machine_type,
+        "n_train": n_train,
         "data_root": os.path.abspath(root),
         "data_digest": data_digest(root, machine_type),
         "soundwatch_version": __version__,

@@ -7,6 +7,10 @@ files, soundwatch version; see :mod:`soundwatch.evaluation.fingerprint`) is skip
 an interrupted bench resumes where it stopped; one with another fingerprint is rerun.
 The leaderboard has a row for every result folder under the bench folder, and its
 ``settings`` column says which rows were run with other settings than this bench's.
+
+:func:`bench_regimes` runs two regimes: the full training set, and the few-shot regime
+of the first N training normals per ID (``OUT/few-shot-N/``), side by side in
+``OUT/regimes.md``.
 """
 
 from __future__ import annotations
@@ -14,13 +18,14 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
 from soundwatch.detectors.registry import create, get, names
 from soundwatch.errors import ConfigError
 from soundwatch.evaluation.fingerprint import differences, fingerprint
-from soundwatch.evaluation.protocol import RESULT_FILE
+from soundwatch.evaluation.protocol import RESULT_FILE, training_clips
 from soundwatch.fileio import atomic_write_text, check_writable
 
 # The ``settings`` column: this bench's settings, or how a row's differ.
@@ -78,9 +83,11 @@ def _read_result(path: Path) -> dict | None:
         return None
 
 
-def expected_fingerprint(root: Path, machine_type: str, name: str, params: dict) -> dict:
+def expected_fingerprint(
+    root: Path, machine_type: str, name: str, params: dict, n_train: int | None = None
+) -> dict:
     """The fingerprint ``evaluate`` will store for ``name`` with ``params``."""
-    return fingerprint(root, machine_type, name, create(name, **params).get_params())
+    return fingerprint(root, machine_type, name, create(name, **params).get_params(), n_train)
 
 
 def run_one(
@@ -91,9 +98,11 @@ def run_one(
     out_dir: Path,
     overwrite: bool,
     expected: dict | None = None,
+    n_train: int | None = None,
 ) -> tuple[dict, str]:
-    """Evaluate one detector in a child process, unless ``out_dir`` holds a result with
-    the ``expected`` fingerprint.
+    """Evaluate one detector in a child process (on the first ``n_train`` training
+    normals per ID, if given), unless ``out_dir`` holds a result with the ``expected``
+    fingerprint.
 
     Returns
     -------
@@ -125,6 +134,8 @@ def run_one(
     ]
     for key, value in params.items():
         command += ["--param", f"{key}={value}"]
+    if n_train is not None:
+        command += ["--n-train", str(n_train)]
     if overwrite:
         command.append("--overwrite")
     completed = subprocess.run(command, stdout=subprocess.PIPE, stderr=None, text=True)
@@ -218,19 +229,21 @@ def bench(
     out_dir: Path,
     *,
     overwrite: bool = False,
+    n_train: int | None = None,
 ) -> list[dict]:
     """Evaluate every detector into ``out_dir/<detector>/`` and write the leaderboard.
 
     Prints one line per detector on stderr as it finishes: its fit time, or that it
     was skipped because its folder holds results of the same settings. The leaderboard
     has a row for every result folder under ``out_dir`` (see :func:`settings_note`).
+    ``n_train``: train on the first ``n_train`` normals of each ID only.
     """
     out_dir = Path(out_dir)
     check_writable(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     root = Path(root)
     expected = {
-        name: expected_fingerprint(root, machine_type, name, params.get(name, {}))
+        name: expected_fingerprint(root, machine_type, name, params.get(name, {}), n_train)
         for name in detectors
     }
     fresh: dict[str, dict] = {}
@@ -244,6 +257,7 @@ def bench(
             out_dir / name,
             overwrite,
             expected[name],
+            n_train,
         )
         fresh[name] = result
         print(f"[{i}/{len(detectors)}] {name}: {_outcome(result, status)}", file=sys.stderr)
@@ -251,6 +265,95 @@ def bench(
         rows = _board(out_dir, fresh, expected)
         write_leaderboard(out_dir, machine_type, rows)
     return rows
+
+
+def few_shot_folder(out_dir: Path, n: int) -> Path:
+    """Where :func:`bench_regimes` writes the few-shot regime of ``n`` clips per ID."""
+    return Path(out_dir) / f"few-shot-{n}"
+
+
+def bench_regimes(
+    root: Path,
+    machine_type: str,
+    detectors: Sequence[str],
+    params: dict[str, dict],
+    out_dir: Path,
+    *,
+    few_shot: int,
+    overwrite: bool = False,
+) -> tuple[list[dict], list[dict] | None]:
+    """:func:`bench` on the full training set into ``out_dir``, then, if ``few_shot``
+    is positive, on the first ``few_shot`` normals of each ID into
+    :func:`few_shot_folder`; ``out_dir/regimes.md`` puts the two side by side.
+
+    The few-shot regime is skipped, with a line on stderr saying why, when some ID
+    has no more than ``few_shot`` training normals (it would repeat the full one).
+
+    Returns
+    -------
+    full_rows, few_shot_rows : list of dict
+        The two leaderboards; ``few_shot_rows`` is None when that regime was skipped.
+    """
+    if few_shot < 0:
+        raise ConfigError(f"--few-shot must be 0 (off) or a number of clips, got {few_shot}")
+    few_rows = None
+    if few_shot:
+        counts = Counter((c.machine_id, c.domain) for c in training_clips(root, machine_type))
+        (mid, domain), smallest = min(counts.items(), key=lambda item: item[1])
+        if smallest <= few_shot:
+            where = f"ID {mid}" + (f" ({domain})" if domain else "")
+            print(
+                f"few-shot regime skipped: {where} has {smallest} training normals, "
+                f"not more than --few-shot {few_shot}",
+                file=sys.stderr,
+            )
+            few_shot = 0
+    full_rows = bench(root, machine_type, detectors, params, out_dir, overwrite=overwrite)
+    if few_shot:
+        print(f"few-shot regime: the first {few_shot} training normals per ID", file=sys.stderr)
+        few_rows = bench(
+            root,
+            machine_type,
+            detectors,
+            params,
+            few_shot_folder(out_dir, few_shot),
+            overwrite=overwrite,
+            n_train=few_shot,
+        )
+        atomic_write_text(
+            Path(out_dir) / "regimes.md", regimes_table(machine_type, full_rows, few_rows, few_shot)
+        )
+    return full_rows, few_rows
+
+
+def regimes_table(machine_type: str, full: list[dict], few: list[dict], n: int) -> str:
+    """Markdown table of the full and few-shot leaderboards side by side, ranked by the
+    full regime's mean AUC; a detector missing from one regime has empty cells there."""
+    full_by_name = {r["detector"]: r for r in full}
+    few_by_name = {r["detector"]: r for r in few}
+    names = list(full_by_name) + [name for name in few_by_name if name not in full_by_name]
+    metrics = [
+        ("AUC", "mean_auc"),
+        ("pAUC", "mean_pauc"),
+        ("fit s", "fit_seconds"),
+        ("peak MiB", "peak_memory_mb"),
+    ]
+    regimes = ("full", f"{n}-shot")
+    header = ["detector"] + [f"{regime} {label}" for label, _ in metrics for regime in regimes]
+    lines = [
+        f"# {machine_type}: full training set and {n} training normals per ID",
+        "",
+        "| " + " | ".join(header) + " |",
+        "|" + "---|" * len(header),
+    ]
+    for name in names:
+        cells = [name]
+        for _, key in metrics:
+            for rows in (full_by_name, few_by_name):
+                row = rows.get(name, {})
+                cells.append("failed" if row.get("error") else _fmt(row.get(key)))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def _outcome(result: dict, status: str) -> str:

@@ -92,6 +92,32 @@ def training_clips(root: Path, machine_type: str | None) -> list[Clip]:
     return train
 
 
+def first_per_id(clips: list[Clip], n: int) -> list[Clip]:
+    """The first ``n`` clips of each machine ID (DCASE 2021+: of each section and
+    domain) by file name: the few-shot regime of a full training set.
+
+    Synthetic sets render training clip ``i`` the same whatever their size, so this
+    picks exactly the clips of ``soundwatch synth --n-train n``.
+
+    Raises
+    ------
+    ConfigError
+        ``n`` is below 1, or an ID has fewer than ``n`` clips (the regime would mix
+        sizes).
+    """
+    if n < 1:
+        raise ConfigError(f"--n-train must be at least 1, got {n}")
+    groups: dict[tuple, list[Clip]] = {}
+    for clip in sorted(clips, key=lambda c: c.path.name):
+        groups.setdefault((clip.machine_id, clip.domain), []).append(clip)
+    short = {key: len(group) for key, group in groups.items() if len(group) < n}
+    if short:
+        (mid, domain), count = min(short.items(), key=lambda item: item[1])
+        where = f"ID {mid}" + (f" ({domain})" if domain else "")
+        raise ConfigError(f"--n-train {n}: {where} has only {count} training normals")
+    return [clip for group in groups.values() for clip in group[:n]]
+
+
 def _relative(path: Path, root: Path) -> str:
     """``path`` relative to ``root`` in POSIX form, or absolute if it lies elsewhere."""
     # abspath, not resolve: a data set of symlinks should keep its own layout
@@ -159,6 +185,7 @@ def evaluate(
     progress: Callable[[str], None] | None = None,
     protocol: str | None = None,
     ground_truth: Path | None = None,
+    n_train: int | None = None,
 ) -> Evaluation:
     """Fit ``detector`` on the training normals, score the test clips, write the DCASE files.
 
@@ -187,11 +214,16 @@ def evaluate(
     :mod:`soundwatch.evaluation.dcase`; ``result.json`` holds ``protocol`` and
     ``protocol_reason`` (``"chosen"`` or why it was inferred). ``ground_truth``: a folder
     of official ground-truth CSVs that label unlabelled evaluation clips, see
-    :mod:`soundwatch.data.ground_truth`.
+    :mod:`soundwatch.data.ground_truth`. ``n_train``: train on the first ``n_train``
+    normals of each ID only (the few-shot regime, see :func:`first_per_id`); recorded
+    in ``result.json`` and the fingerprint.
     """
     out_dir = Path(out_dir)
     check_out_dir(out_dir, overwrite)
     train = training_clips(root, machine_type)
+    available = len(train)
+    if n_train is not None:
+        train = first_per_id(train, n_train)
     test = discover(root, machine_type, split="test")
     if ground_truth is not None:
         test = apply_ground_truth(test, ground_truth, machine_type)
@@ -200,8 +232,13 @@ def evaluate(
         protocol, reason = infer_protocol(test)
         reason = f"inferred: {reason}"
     check_clips(protocol, machine_type, test)
-    settings = fingerprint(root, machine_type, detector.name, detector.get_params())
+    settings = fingerprint(root, machine_type, detector.name, detector.get_params(), n_train)
     step = progress or (lambda message: None)
+    if n_train is not None:
+        step(
+            f"few-shot: the first {n_train} training normals of each ID by file name "
+            f"({len(train)} of {available} clips)"
+        )
     step(f"training {detector.name} on {len(train)} {machine_type} clips")
     start = time.perf_counter()
     detector.fit(train, calibration_clips)
@@ -271,6 +308,7 @@ def _write_run(
             "protocol_reason": protocol_reason,
             # what the threshold was fitted on; precision, recall, FPR; drift check
             "calibration": detector.calibration_info_,
+            "n_train_per_id": settings["n_train"],
             **decision_summary(test, scores, detector.thresholds_, method),
         },
     )
