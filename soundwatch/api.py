@@ -16,6 +16,7 @@ from typing import Any
 from soundwatch.data.clips import Clip
 from soundwatch.data.datasets import discover as _discover
 from soundwatch.detectors.base import Detector
+from soundwatch.detectors.registry import DEFAULT_DETECTOR
 from soundwatch.detectors.registry import create as _create
 from soundwatch.evaluation.protocol import Evaluation
 from soundwatch.evaluation.protocol import evaluate as _evaluate
@@ -44,7 +45,7 @@ def discover(
 def evaluate(
     root: str | os.PathLike,
     machine: str,
-    detector: str | Detector = "logmel-mahalanobis",
+    detector: str | Detector = DEFAULT_DETECTOR,
     out: str | os.PathLike | None = None,
     *,
     overwrite: bool = False,

@@ -17,10 +17,10 @@ import time
 from pathlib import Path
 
 from soundwatch import __version__
+from soundwatch.detectors.registry import DEFAULT_DETECTOR
 from soundwatch.errors import ConfigError, SoundwatchError
 from soundwatch.evaluation.dcase_protocols import PROTOCOLS
 
-DEFAULT_DETECTOR = "logmel-mahalanobis"
 EXIT_ERROR = 1
 # `score --skip-bad` when some files were skipped: the CSV holds only the others.
 EXIT_SKIPPED = 2

@@ -17,6 +17,10 @@ if TYPE_CHECKING:
 
 _PACKAGE = "soundwatch.detectors"
 
+#: The detector of ``evaluate``, ``train``, ``demo``, the Python API and fleet configs
+#: when none is named; why this one: the README's "Choosing a detector".
+DEFAULT_DETECTOR = "logmel-mahalanobis"
+
 #: Built-in detectors: name -> (module that registers it, one-line summary). The summary
 #: lives here, not on the class, so that listing needs no import; :func:`register` copies
 #: it onto the class.

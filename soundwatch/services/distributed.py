@@ -38,6 +38,7 @@ from pathlib import Path
 
 from soundwatch.data.audio import is_audio_file
 from soundwatch.data.datasets import walk_audio
+from soundwatch.detectors.registry import DEFAULT_DETECTOR
 from soundwatch.errors import ConfigError, DatasetError, SoundwatchError
 from soundwatch.features.cache import file_digest
 from soundwatch.fileio import atomic_path, atomic_write_text, check_writable
@@ -599,9 +600,10 @@ class FleetMember:
 def read_fleet_config(path: str | os.PathLike) -> list[FleetMember]:
     """Read a fleet TOML file.
 
-    Top-level ``detector`` (default ``logmel-mahalanobis``), ``root`` and ``params`` are
-    defaults for each ``[[machine]]`` entry, which needs ``type`` and may set ``id``,
-    ``name`` (default ``TYPE`` or ``TYPE-ID``), ``root``, ``detector`` and ``params``.
+    Top-level ``detector`` (default: ``DEFAULT_DETECTOR`` of the detector registry),
+    ``root`` and ``params`` are defaults for each ``[[machine]]`` entry, which needs
+    ``type`` and may set ``id``, ``name`` (default ``TYPE`` or ``TYPE-ID``), ``root``,
+    ``detector`` and ``params``.
     Each entry may list ``ids = ["00", "02"]`` to make one model per ID.
     """
     path = Path(path)
@@ -636,9 +638,7 @@ def read_fleet_config(path: str | os.PathLike) -> list[FleetMember]:
                     root=root,
                     machine_type=str(entry["type"]),
                     machine_id=machine_id,
-                    detector=str(
-                        entry.get("detector", config.get("detector", "logmel-mahalanobis"))
-                    ),
+                    detector=str(entry.get("detector", config.get("detector", DEFAULT_DETECTOR))),
                     params={**config.get("params", {}), **entry.get("params", {})},
                 )
             )
