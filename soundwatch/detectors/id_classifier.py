@@ -17,6 +17,7 @@ fallback's transformations in :mod:`soundwatch.detectors.id_transforms`.
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict
@@ -40,6 +41,8 @@ from soundwatch.detectors.scorers import Scorer, create_scorer
 from soundwatch.errors import ConfigError, ModelFileError
 from soundwatch.features.scaling import Standardizer
 from soundwatch.training.loop import shuffled_batches
+
+logger = logging.getLogger(__name__)
 
 SCORE_METHODS = ("nll", "knn", "mahalanobis", "gmm")
 CLASS_KINDS = ("id", "attributes")
@@ -353,10 +356,23 @@ class IdClassifierDetector(LogMelFrontend, TorchDetectorMixin, Detector):
             crop_clip, _, embeddings = self._crop_outputs(train_bank)
             vectors = self._clip_means(crop_clip, embeddings, len(train_bank))
             own = train_bank.class_table[:, 0]
+            too_few = []
             for cls in np.unique(own[own >= 0]):
                 members = vectors[own == cls]
                 if len(members) >= self._make_scorer().min_samples:
                     self.scorers_[int(cls)] = self._make_scorer().fit(members)
+                else:
+                    too_few.append(str(self.classes_[int(cls)].machine_id))
+            if too_few and self.scorers_:
+                logger.warning(
+                    "%s: class(es) %s have fewer than %d training clips, too few for a %s "
+                    "scorer of their own; their clips are scored against the best-fitting "
+                    "other class",
+                    self.name,
+                    ", ".join(too_few),
+                    self._make_scorer().min_samples,
+                    self.score_method,
+                )
             if not self.scorers_:
                 raise ConfigError(
                     f"{self.name}: too few training clips per class for score_method="
