@@ -93,6 +93,8 @@ def test_ten_clips_per_id_fit_and_score_or_refuse(name, make_tiny, few_shot, cap
         assert np.isnan(detector.history_["valid_loss"]).all()
     if name == "ensemble":
         assert any(POOLED_REFERENCE in m for m in messages)
+    if name in ("id-classifier", "attribute-classifier", "ensemble"):
+        assert any("random crops per clip" in m for m in messages)
 
 
 def test_enough_held_out_clips_still_choose_the_epoch(make_tiny, few_shot, caplog):
@@ -130,6 +132,15 @@ def test_too_few_clips_are_refused_before_work(name, few_shot, monkeypatch):
         detector.fit(one_id[: need - 1] + other)
     with pytest.raises(ConfigError, match=f"at least {need - 1} training clips, got 1"):
         available()[name](**TINY.get(name, {}), per_id=False).fit(one_id[:1])
+
+
+def test_id_classifier_draws_more_crops_only_from_few_clips():
+    """Four IDs of 90 training clips fill 11 batches of 32: the default stays; 36 clips
+    would fill one batch per epoch, so each gives 8 crops."""
+    detector = create("id-classifier")
+    assert detector._crops_per_clip(360) == 1
+    assert detector._crops_per_clip(36) == 8
+    assert create("id-classifier", crops_per_clip=10)._crops_per_clip(36) == 10
 
 
 def test_clamped_scorers_say_so(caplog):
