@@ -270,6 +270,11 @@ class Detector(ABC):
         Returns
         -------
         self
+
+        Raises
+        ------
+        ConfigError
+            No clips, anomalous clips, or fewer than ``min_train_clips`` per model.
         """
         clips = list(clips)
         if not clips:
