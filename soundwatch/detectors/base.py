@@ -11,6 +11,7 @@ threshold, timing, and the model file. A detector may also implement
 
 from __future__ import annotations
 
+import logging
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
@@ -36,10 +37,15 @@ from soundwatch.thresholds import (
     parse_threshold_method,
 )
 
+logger = logging.getLogger(__name__)
+
 #: Key of clips without a machine ID wherever clips are grouped by ID (splits, models).
 NO_ID = ""
 # Fewest training clips for cross-fitted calibration; fewer fall back to the held-out split.
 MIN_CLIPS_CROSS_FIT = 4
+# Fewest held-out clips per model whose loss may choose the training epoch (restore_best,
+# early stopping, lr_patience); as for a threshold of an ID's own, fewer are too noisy.
+MIN_VALIDATION_CLIPS = MIN_CLIPS_PER_ID
 
 COMMON_PARAMS: dict[str, Param] = {
     "seed": Param(0, "random seed for splits, initialisation and shuffling"),
@@ -175,6 +181,9 @@ class Detector(ABC):
     params: ClassVar[dict[str, Param]] = {}
     #: Whether refitting is cheap enough that ``calibration=auto`` cross-fits.
     cross_fit_calibration: ClassVar[bool] = False
+    #: Fewest training clips one model (one per machine ID with ``per_id``) is fitted
+    #: on; :meth:`fit` refuses fewer before any work, one more when cross-fitting.
+    min_train_clips: ClassVar[int] = 1
 
     def __init__(self, **params: Any) -> None:
         spec = self.param_spec()
@@ -261,6 +270,11 @@ class Detector(ABC):
         Returns
         -------
         self
+
+        Raises
+        ------
+        ConfigError
+            No clips, anomalous clips, or fewer than ``min_train_clips`` per model.
         """
         clips = list(clips)
         if not clips:
@@ -277,6 +291,7 @@ class Detector(ABC):
         cross_fit = (
             calibration_clips is None and self.uses_cross_fit and len(clips) >= MIN_CLIPS_CROSS_FIT
         )
+        self._check_enough_clips(clips, cross_fit)
         if cross_fit:
             out_of_fold = self._cross_fit_scores(clips)
             train, valid = clips, []
@@ -284,7 +299,7 @@ class Detector(ABC):
             train, valid = clips, []
         else:
             train, valid = holdout_split(clips, self.validation_fraction, self.seed)
-        self._fit_models(train, valid)
+        self._fit_models(train, self._validation_for_training(valid))
         if calibration_clips is not None:
             self.calibrate(calibration_clips)
         elif cross_fit:
@@ -318,6 +333,56 @@ class Detector(ABC):
             "audio": audio_summary(clips),
         }
         return self
+
+    def _check_enough_clips(self, clips: list[Clip], cross_fit: bool) -> None:
+        """ConfigError unless every model gets ``min_train_clips`` training clips (one
+        more when cross-fitting, whose fold models leave clips out)."""
+        need = self.min_train_clips + int(cross_fit)
+        if need <= 1:
+            return
+        how = " when cross-fitting the calibration" if cross_fit else ""
+        if self.per_id:
+            counts: dict[str, int] = {}
+            for clip in clips:
+                counts[id_key(clip)] = counts.get(id_key(clip), 0) + 1
+            fewest = min(sorted(counts), key=counts.__getitem__)
+            if counts[fewest] < need:
+                where = f"machine ID {fewest}" if fewest else "the clips without an ID"
+                raise ConfigError(
+                    f"{self.name}: needs at least {need} training clips per machine ID{how} "
+                    f"(per_id=true), {where} has {counts[fewest]}"
+                )
+        elif len(clips) < need:
+            raise ConfigError(
+                f"{self.name}: needs at least {need} training clips{how}, got {len(clips)}"
+            )
+
+    def _validation_for_training(self, valid: list[Clip]) -> list[Clip]:
+        """The held-out clips whose loss may choose the training epoch: none (logged) when
+        a model would see fewer than :data:`MIN_VALIDATION_CLIPS`; they still set the
+        threshold."""
+        chooses_epoch = "restore_best" in self.param_spec() and (
+            self.restore_best or self.early_stopping_patience or self.lr_patience
+        )
+        if not valid or not chooses_epoch:
+            return valid
+        counts: dict[str, int] = {}
+        for clip in valid:
+            key = id_key(clip) if self.per_id else POOLED
+            counts[key] = counts.get(key, 0) + 1
+        fewest = min(counts.values())
+        if fewest >= MIN_VALIDATION_CLIPS:
+            return valid
+        per_model = " per machine ID" if self.per_id else ""
+        logger.warning(
+            "%s: %d held-out clip(s)%s are too few to choose the training epoch (fewer than "
+            "%d); the training loss chooses it, and the held-out clips only set the threshold",
+            self.name,
+            fewest,
+            per_model,
+            MIN_VALIDATION_CLIPS,
+        )
+        return []
 
     @property
     def uses_cross_fit(self) -> bool:

@@ -57,7 +57,8 @@ class DCASE2020Autoencoder(FrameStoreDetector):
     the last epoch are kept, as in the official script, whose Keras ``validation_split``
     only reports a loss. 10 % of the training normals are held out: their loss is
     recorded per epoch and they calibrate the threshold; ``restore_best=true`` keeps the
-    best validation epoch instead (with few clips that is chosen on very few windows).
+    best validation epoch instead (the best training-loss epoch where fewer than 8
+    clips are held out per model).
     Score: mean squared reconstruction error over all the clip's vectors.
     Anomaly map: each vector's squared error reshaped to (context, n_mels), spread back
     onto the frames it covers and averaged over the vectors covering each frame.

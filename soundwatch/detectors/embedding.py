@@ -88,6 +88,7 @@ class EmbeddingDetector(Detector):
     params = EMBEDDING_PARAMS
     # Frame embeddings are cached, so a refit costs only the scorer's fit.
     cross_fit_calibration = True
+    min_train_clips = Scorer.min_samples
 
     def __init__(self, **params: Any) -> None:
         super().__init__(**params)

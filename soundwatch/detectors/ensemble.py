@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import numpy as np
@@ -13,11 +14,13 @@ from soundwatch.detectors.registry import get, register
 from soundwatch.errors import ConfigError, ModelFileError, SoundwatchError
 from soundwatch.thresholds import MIN_CLIPS_PER_ID, POOLED
 
+logger = logging.getLogger(__name__)
+
 NORMALIZATIONS = ("zscore", "rank")
 # Member parameters the ensemble sets itself: a member must split the training clips
 # exactly as the ensemble does, or its training clips would leak into the held-out
-# normals that calibrate the fusion.
-SHARED_PARAMS = ("seed", "validation_fraction")
+# normals that calibrate the fusion. A cross-fitting member would train on all clips.
+SHARED_PARAMS = ("seed", "validation_fraction", "calibration")
 
 
 def parse_members(text: str) -> list[str]:
@@ -71,9 +74,10 @@ def parse_member_params(text: str, members: list[str]) -> dict[str, dict[str, st
                 f"({', '.join(members)})"
             )
         if key in SHARED_PARAMS:
+            where = "" if key == "calibration" else "; set it on the ensemble"
             raise ConfigError(
-                f"ensemble: {key} cannot be set per member; set it on the ensemble, so that "
-                "every member holds out the same training normals"
+                f"ensemble: {key} cannot be set per member{where}, so that every member "
+                "holds out the same training normals"
             )
         routed[name][key] = value.strip()
     return routed
@@ -110,16 +114,18 @@ class EnsembleDetector(Detector):
     ``id-classifier,logmel-mahalanobis``) is fitted on the same training clips with its
     own parameters, set per member with ``member_params`` (``"det.key=value;..."``,
     e.g. ``id-classifier.epochs=10;logmel-mahalanobis.per_id=false``). Members inherit
-    the ensemble's ``seed`` and ``validation_fraction``, so each holds out exactly the
-    ensemble's held-out normals and never trains on them.
+    the ensemble's ``seed`` and ``validation_fraction`` and use
+    ``calibration=held-out``, so each holds out exactly the ensemble's held-out normals
+    and never trains on them (a cross-fitting member would train on all clips).
     Member scores are then put on one scale with the held-out normals' scores only (no
     test labels): ``normalize=zscore`` subtracts their mean and divides by their
     standard deviation, ``rank`` replaces a score by its empirical CDF position among
     them (in [0, 1]; every score beyond the largest held-out normal maps to 1). The
     statistics are per machine ID when it has at least 8 held-out clips, else pooled
-    over IDs. With ``validation_fraction=0`` there is no held-out split and the
-    training clips' scores are used instead, which understates the spread of a member
-    that fits its training clips closely.
+    over IDs (logged; 10 training clips per ID hold out one per ID). With
+    ``validation_fraction=0`` there is no held-out split and the training clips' scores
+    are used instead, which understates the spread of a member that fits its training
+    clips closely.
     The fused score is the weighted mean of the normalised member scores; ``weights``
     (comma-separated, one per member, non-negative) default to equal weights.
     The ensemble itself is one model for the machine type (``per_id`` must stay false);
@@ -147,7 +153,8 @@ class EnsembleDetector(Detector):
         names = parse_members(self.members)
         self.weights_ = parse_weights(self.weights, len(names))
         routed = parse_member_params(self.member_params, names)
-        shared = {key: getattr(self, key) for key in SHARED_PARAMS}
+        shared = {"seed": self.seed, "validation_fraction": self.validation_fraction}
+        shared["calibration"] = "held-out"
         self.members_: list[Detector] = [get(name)(**{**routed[name], **shared}) for name in names]
         self.references_: list[dict[str, np.ndarray]] = []
 
@@ -198,6 +205,18 @@ class EnsembleDetector(Detector):
             self._check_same_split(member, train + valid, valid)
             self.references_.append(self._references(reference, member.score(reference)))
             self.history_[f"member{i}:{member.name}"] = member.history_
+        pooled = sorted(
+            {c.machine_id for c in reference if c.machine_id} - set(self.references_[0])
+        )
+        if pooled:
+            logger.warning(
+                "%s: machine ID(s) %s have fewer than %d held-out normals; their member scores "
+                "are standardised on all %d held-out normals pooled over IDs",
+                self.name,
+                ", ".join(pooled),
+                MIN_CLIPS_PER_ID,
+                len(reference),
+            )
 
     def _score(self, clips: list[Clip]) -> np.ndarray:
         return self.normalized_scores(clips) @ self.weights_

@@ -17,6 +17,8 @@ fallback's transformations in :mod:`soundwatch.detectors.id_transforms`.
 
 from __future__ import annotations
 
+import logging
+import math
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict
@@ -40,6 +42,12 @@ from soundwatch.detectors.scorers import Scorer, create_scorer
 from soundwatch.errors import ConfigError, ModelFileError
 from soundwatch.features.scaling import Standardizer
 from soundwatch.training.loop import shuffled_batches
+
+logger = logging.getLogger(__name__)
+
+# Fewest training batches per epoch: with few clips, one crop per clip would give the
+# network one optimiser step per epoch (20 in all), too few to learn the IDs.
+MIN_BATCHES_PER_EPOCH = 8
 
 SCORE_METHODS = ("nll", "knn", "mahalanobis", "gmm")
 CLASS_KINDS = ("id", "attributes")
@@ -85,7 +93,8 @@ class IdClassifierDetector(LogMelFrontend, TorchDetectorMixin, Detector):
     ``scale``, no margin); ``subclusters`` sub-centres per class (sub-centre ArcFace);
     ``mixup`` > 0 mixes pairs of crops with weight ~ Beta(mixup, mixup).
     Training: Adam lr 1e-3, batch 32, ``epochs`` (20) passes with ``crops_per_clip``
-    random crops per training clip each; the best epoch by the held-out normals'
+    random crops per training clip each (more, logged, where the clips would fill fewer
+    than 8 batches per epoch: few clips); the best epoch by the held-out normals'
     classification loss is kept.
     Score (``score_method``): ``mahalanobis`` (default), ``knn`` or ``gmm`` from
     soundwatch.detectors.scorers on the clip embedding (mean of the unit-normalised
@@ -111,7 +120,12 @@ class IdClassifierDetector(LogMelFrontend, TorchDetectorMixin, Detector):
         **override(TRAIN_PARAMS, epochs=20, batch_size=32, learning_rate=1e-3),
         "per_id": Param(False, "must be false: the classes are the machine IDs themselves"),
         "crop_seconds": Param(2.0, "length of training and scoring crops (s)", low=0.2),
-        "crops_per_clip": Param(1, "random training crops per clip and epoch", low=1),
+        "crops_per_clip": Param(
+            1,
+            "random training crops per clip and epoch (raised, logged, to fill "
+            f"{MIN_BATCHES_PER_EPOCH} batches per epoch)",
+            low=1,
+        ),
         "score_hop_seconds": Param(1.0, "largest gap between scored crops' starts (s)", low=0.05),
         "width": Param(16, "channels of the CNN stem (stages have 2x, 4x, 8x)", low=4),
         "embedding_dim": Param(128, "embedding size", low=2),
@@ -320,6 +334,25 @@ class IdClassifierDetector(LogMelFrontend, TorchDetectorMixin, Detector):
         }[self.score_method]
         return create_scorer(self.score_method, standardize=False, **options)
 
+    def _crops_per_clip(self, n_clips: int) -> int:
+        """``crops_per_clip``, raised (and logged) where ``n_clips`` would fill fewer than
+        :data:`MIN_BATCHES_PER_EPOCH` training batches per epoch."""
+        need = math.ceil(MIN_BATCHES_PER_EPOCH * self.batch_size / max(n_clips, 1))
+        if need <= self.crops_per_clip:
+            return self.crops_per_clip
+        logger.warning(
+            "%s: %d training clips x %d crop(s) fill %d batch(es) of %d per epoch; drawing "
+            "%d random crops per clip so that an epoch has %d",
+            self.name,
+            n_clips,
+            self.crops_per_clip,
+            max(n_clips * self.crops_per_clip // self.batch_size, 1),
+            self.batch_size,
+            need,
+            MIN_BATCHES_PER_EPOCH,
+        )
+        return need
+
     # ----------------------------------------------------------------- hooks
     def _fit(self, train: list[Clip], valid: list[Clip]) -> None:
         self.classes_, self.transforms_ = self._plan_classes(train)
@@ -328,7 +361,7 @@ class IdClassifierDetector(LogMelFrontend, TorchDetectorMixin, Detector):
         self.scaler_ = Standardizer().fit(train_bank.mels)
         valid_bank = self._bank(valid) if valid else None
         self.network_ = self._build_network()
-        items = np.repeat(np.arange(len(train_bank)), self.crops_per_clip)
+        items = np.repeat(np.arange(len(train_bank)), self._crops_per_clip(len(train_bank)))
 
         def train_batches(rng: np.random.Generator) -> Iterator[tuple]:
             for idx in shuffled_batches(len(items), self.batch_size, rng, drop_last=True):
@@ -353,10 +386,23 @@ class IdClassifierDetector(LogMelFrontend, TorchDetectorMixin, Detector):
             crop_clip, _, embeddings = self._crop_outputs(train_bank)
             vectors = self._clip_means(crop_clip, embeddings, len(train_bank))
             own = train_bank.class_table[:, 0]
+            too_few = []
             for cls in np.unique(own[own >= 0]):
                 members = vectors[own == cls]
                 if len(members) >= self._make_scorer().min_samples:
                     self.scorers_[int(cls)] = self._make_scorer().fit(members)
+                else:
+                    too_few.append(str(self.classes_[int(cls)].machine_id))
+            if too_few and self.scorers_:
+                logger.warning(
+                    "%s: class(es) %s have fewer than %d training clips, too few for a %s "
+                    "scorer of their own; their clips are scored against the best-fitting "
+                    "other class",
+                    self.name,
+                    ", ".join(too_few),
+                    self._make_scorer().min_samples,
+                    self.score_method,
+                )
             if not self.scorers_:
                 raise ConfigError(
                     f"{self.name}: too few training clips per class for score_method="

@@ -32,6 +32,7 @@ class LogMelMahalanobis(LogMelFrontend, Detector):
 
     name = "logmel-mahalanobis"
     cross_fit_calibration = True
+    min_train_clips = MahalanobisScorer.min_samples
     params = {
         **LOGMEL_PARAMS,
         "per_id": Param(True, "fit one Gaussian per machine ID instead of one per type"),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from soundwatch.detectors.base import MIN_VALIDATION_CLIPS
 from soundwatch.detectors.params import Param
 from soundwatch.training.loop import History, TrainConfig, train
 
@@ -15,11 +16,17 @@ TRAIN_PARAMS: dict[str, Param] = {
     "weight_decay": Param(0.0, "Adam L2 weight decay", low=0.0),
     "lr_patience": Param(0, "ReduceLROnPlateau patience in epochs (0 = off)", low=0),
     "early_stopping_patience": Param(
-        0, "stop after this many epochs without validation improvement (0 = off)", low=0
+        0,
+        "stop after this many epochs without validation (with fewer than "
+        f"{MIN_VALIDATION_CLIPS} held-out clips per model: training) loss improvement (0 = off)",
+        low=0,
     ),
     "min_delta": Param(0.0, "smallest validation improvement that counts", low=0.0),
     "restore_best": Param(
-        True, "true: keep the weights of the best validation epoch; false: those of the last"
+        True,
+        "true: keep the weights of the best validation epoch (of the best training-loss "
+        f"epoch when fewer than {MIN_VALIDATION_CLIPS} clips per model are held out); false: "
+        "those of the last",
     ),
     "threads": Param(0, "torch CPU threads (0 = torch's default)", low=0),
 }

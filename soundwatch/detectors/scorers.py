@@ -20,6 +20,7 @@ Scorers register by name in the :data:`SCORERS` registry::
 
 from __future__ import annotations
 
+import logging
 from abc import ABC, abstractmethod
 from typing import Any, ClassVar
 
@@ -32,6 +33,8 @@ from sklearn.svm import OneClassSVM
 from soundwatch.errors import ConfigError, ModelFileError
 from soundwatch.registry import Registry
 from soundwatch.validation import check_array
+
+logger = logging.getLogger(__name__)
 
 SCORERS: Registry[Scorer] = Registry("scorer")
 METRICS: tuple[str, ...] = ("cosine", "euclidean")
@@ -289,6 +292,13 @@ class KNNScorer(Scorer):
         return _unit_rows(Z) if self.metric == "cosine" else Z
 
     def _fit(self, Z: np.ndarray) -> None:
+        if self.k >= len(Z):
+            logger.warning(
+                "knn: k=%d but only %d training vectors; the score is the mean distance "
+                "to all of them",
+                self.k,
+                len(Z),
+            )
         self.train_ = self._prepare(Z)
 
     def _score(self, Z: np.ndarray) -> np.ndarray:
@@ -475,6 +485,13 @@ class GMMScorer(Scorer):
 
     def _fit(self, Z: np.ndarray) -> None:
         scale = float(Z.var(axis=0).mean())
+        if self.n_components > len(Z):
+            logger.warning(
+                "gmm: %d components but only %d training vectors; fitting %d",
+                self.n_components,
+                len(Z),
+                len(Z),
+            )
         gmm = GaussianMixture(
             n_components=min(self.n_components, len(Z)),
             covariance_type="full",
