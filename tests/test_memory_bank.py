@@ -250,6 +250,25 @@ def test_feature_views_are_scored_and_standardised_separately(tiny_slider):
     np.testing.assert_allclose(detector.score(test), expected)
 
 
+def test_level_norm_in_few_shot_banks_ignores_loudness(tiny_slider, tmp_path: Path):
+    train, test = tiny_slider
+    few = create("memory-bank", **SMALL, per_id=False, level_norm="few").fit(train)
+    # 16 training clips (less the held-out ones) are fewer than augment_below=20.
+    assert few.level_norm_active_
+    raws = few._raw(test)
+    louder = [r + 6.0 for r in raws]
+    # (float32 log-mels: equal up to rounding)
+    np.testing.assert_allclose(few._score_raws(louder), few._score_raws(raws), atol=1e-4)
+    loaded = Detector.load(few.save(tmp_path / "few.safetensors"))
+    assert loaded.level_norm_active_
+    np.testing.assert_allclose(loaded.score(test), few.score(test))
+    # Larger banks (here: augment_below lowered) and level_norm=off keep the level.
+    for params in ({"augment_below": 2}, {"level_norm": "off"}):
+        plain = create("memory-bank", **SMALL, per_id=False, **params).fit(train)
+        assert not plain.level_norm_active_
+        assert not np.allclose(plain._score_raws(louder), plain._score_raws(raws))
+
+
 def test_augmentation_grows_the_bank_and_keeps_copies_out_of_their_fold(tiny_slider):
     train, test = tiny_slider
     big = {**SMALL, "bank_size": 1000}

@@ -165,6 +165,14 @@ MEMORY_BANK_PARAMS: dict[str, Param] = {
         "(fewer, steadier dimensions for the bank's covariance); must divide n_mels",
         low=1,
     ),
+    "level_norm": Param(
+        "few",
+        "logmel features: subtract each clip's mean log-mel level first, so that a louder "
+        "or quieter recording of the same sound matches: off, on, or few (only in banks "
+        "of fewer than augment_below training clips, whose covariance cannot learn which "
+        "level changes are normal)",
+        choices=("off", "on", "few"),
+    ),
     "view_groups": Param(
         32, "logmel-impulse and logmel-modulation: contiguous mel-band groups", low=1
     ),
@@ -273,7 +281,11 @@ class MemoryBankDetector(LogMelFrontend, Detector):
     another clip, small mel-bin (pitch) shifts and time shifts (efficientat frames take
     mixup and time shifts only). Copies of a clip leave the bank with it in the
     leave-out folds. With many clips the bank is left as recorded: augmentation then
-    blurs it more than it fills gaps.
+    blurs it more than it fills gaps. ``level_norm=few`` (the default) also subtracts
+    each clip's mean log-mel level in such small banks, and from the clips scored
+    against them: a covariance of ten clips cannot learn which loudness changes are
+    normal, while a large bank can (there, dropping the level costs faults that change
+    it). ``level_norm=on|off`` applies it always or never.
 
     With ``domains=true`` (DCASE 2021+ data with source and target domains) each
     domain gets its own bank, built and standardised as above from that domain's
@@ -285,9 +297,9 @@ class MemoryBankDetector(LogMelFrontend, Detector):
     in the clip-feature space, in the spirit of MemMixup.
 
     The defaults (clip-level bank of log-mel patch statistics over pairs of mel bands
-    of a 2048-sample STFT, Mahalanobis backend, 16 pitch-shifted copies per clip below
-    20 clips) were chosen on separately seeded synthetic sets (``soundwatch synth
-    --seed 1`` and ``--seed 2``, full and ``--n-train 10``).
+    of a 2048-sample STFT, Mahalanobis backend, 16 pitch-shifted copies per clip and
+    level normalisation below 20 clips) were chosen on separately seeded synthetic
+    sets (``soundwatch synth --seed 1`` and ``--seed 2``, full and ``--n-train 10``).
     """
 
     name = "memory-bank"
@@ -345,9 +357,12 @@ class MemoryBankDetector(LogMelFrontend, Detector):
             return frames.mean(axis=0, keepdims=True) if self.level == "clip" else frames
         if self.mel_pool > 1:
             raw = raw.reshape(self.n_bands, self.mel_pool, -1).mean(axis=1)
-        if len(self.views) > 1:
-            return np.concatenate([self._view_items(view, raw) for view in self.views], axis=1)
-        return self._view_items(self.feature, raw)
+        if getattr(self, "level_norm_active_", False):
+            raw = raw - raw.mean()
+        return np.concatenate(
+            [self._view_items(view, raw) for view in self.views],
+            axis=1,
+        )
 
     def _view_items(self, view: str, raw: np.ndarray) -> np.ndarray:
         """Bank items of one log-mel view of one clip, shape (n_items, D_view)."""
@@ -520,6 +535,9 @@ class MemoryBankDetector(LogMelFrontend, Detector):
         rng = np.random.default_rng(self.seed)
         time_axis, pitch_axis = (0, None) if self.feature == "efficientat" else (1, 0)
         few = self.augment_below == 0 or len(raws) < self.augment_below
+        self.level_norm_active_ = self.feature != "efficientat" and (
+            self.level_norm == "on" or (self.level_norm == "few" and few)
+        )
         augmented, sources = augment_arrays(
             raws,
             self.augment if few else 0,
@@ -630,7 +648,7 @@ class MemoryBankDetector(LogMelFrontend, Detector):
             tensors.update({f"unit{i}.{k}": v for k, v in arrays.items()})
             tensors[f"unit{i}.columns"] = columns.astype(np.int64)
             metas.append(meta)
-        return tensors, {"units": metas}
+        return tensors, {"units": metas, "level_norm": bool(self.level_norm_active_)}
 
     def _set_state(self, tensors: dict[str, np.ndarray], state: dict) -> None:
         if self.domains:
@@ -647,6 +665,7 @@ class MemoryBankDetector(LogMelFrontend, Detector):
                 self.domain_banks_[domain] = bank
             self.n_domain_clips_ = dict(state.get("n_domain_clips", {}))
             return
+        self.level_norm_active_ = bool(state.get("level_norm", False))
         self.mean_ = tensors["mean"].astype(np.float64)
         self.scale_ = tensors["scale"].astype(np.float64)
         self.loo_mean_ = tensors["loo_mean"].astype(np.float64)
@@ -692,4 +711,5 @@ class DomainMemoryBankDetector(MemoryBankDetector):
         mel_pool=1,
         augment=4,
         n_fft=1024,
+        level_norm="off",
     )
