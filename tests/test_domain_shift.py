@@ -171,7 +171,8 @@ def test_domain_banks_score_target_normals_as_normal(shifted: Path, tmp_path: Pa
     train = discover(root / "fan" / "train")
     test = discover(root / "fan" / "test")
     target = np.array([c.domain == "target" for c in test])
-    plain = create("memory-bank", **BANK).fit(train)
+    # The same features and augmentation in one bank: only the domain split differs.
+    plain = create("domain-memory-bank", **BANK, domains=False).fit(train)
     domains = create("domain-memory-bank", **BANK).fit(train)
     plain_scores, domain_scores = plain.score(test), domains.score(test)
     # A target normal is far from the 16 source clips but near the 4 target ones.

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from soundwatch.detectors import Detector, create
+from soundwatch.detectors.bank_features import band_groups, impulse_stats, modulation_spectrum
 from soundwatch.detectors.bank_scorers import greedy_coreset
 from soundwatch.detectors.memory_bank import aggregate_scores, augment_arrays
 from soundwatch.detectors.scorers import Scorer, create_scorer
@@ -110,6 +111,38 @@ def test_augmentation_copies_shifts_and_mixes():
     assert none == []
 
 
+# ---------------------------------------------------------------- clip statistics
+def test_impulse_stats_see_short_ticks_and_ignore_the_level():
+    rng = np.random.default_rng(0)
+    logmel = rng.normal(size=(16, 300))
+    ticked = logmel.copy()
+    ticked[8:12, ::50] += 20.0  # six short ticks in mel bands 8-11 (band group 2 of 4)
+    plain, ticks = impulse_stats(logmel, 4), impulse_stats(ticked, 4)
+    assert plain.shape == (20,)
+    # Group 2's 99th percentile over its median, maximum and largest rise jump; the
+    # other groups do not move.
+    per_stat = (ticks - plain).reshape(5, 4)
+    assert (per_stat[1:, 2] > 2.0).all()
+    np.testing.assert_allclose(per_stat[:, [0, 1, 3]], 0.0)
+    # Relative to each group's median: a louder clip has the same statistics.
+    np.testing.assert_allclose(impulse_stats(logmel + 30.0, 4), plain)
+
+
+def test_modulation_spectrum_peaks_at_the_envelope_rate():
+    frames = np.arange(512)
+    logmel = np.zeros((8, 512))
+    logmel[:4] = np.sin(2 * np.pi * 0.1 * frames)  # 0.1 cycles per frame in bands 0-3
+    logmel[4:] = np.random.default_rng(0).normal(size=(4, 512))
+    spectrum = modulation_spectrum(logmel, 2, 12).reshape(2, 12)
+    edges = np.geomspace(1 / 256, 0.5, 13)
+    peak_bin = int(np.searchsorted(edges, 0.1) - 1)
+    assert int(np.argmax(spectrum[0])) == peak_bin
+    assert spectrum[0, peak_bin] > spectrum[1, peak_bin] + 1.0
+    # Any length gives the same number of bins (short clips fall back to nearest bins).
+    assert modulation_spectrum(logmel[:, :40], 2, 12).shape == (24,)
+    assert band_groups(logmel, 100).shape == (8, 512)
+
+
 # ---------------------------------------------------------------- the detector
 @pytest.mark.parametrize(
     "params",
@@ -118,6 +151,13 @@ def test_augmentation_copies_shifts_and_mixes():
         {"feature": "logmel-patch", "level": "frame", "backends": "knn", "aggregate": "max"},
         {"feature": "logmel-patch", "level": "frame", "backends": "ldn-knn", "aggregate": "topk"},
         {"feature": "logmel-patch", "level": "clip", "backends": "pca-residual", "subbands": 4},
+        {"feature": "logmel-patch", "mel_pool": 4, "subbands": 2},
+        {
+            "feature": "logmel-patch,logmel-impulse,logmel-modulation",
+            "view_groups": 8,
+            "view_fusion": "max",
+            "subbands": 2,
+        },
         {
             "feature": "logmel-patch",
             "level": "frame",
@@ -175,7 +215,58 @@ def test_subbands_match_each_band_separately(tiny_slider):
     bands = detector.bands_
     assert len(bands) == 4
     covered = np.sort(np.concatenate(bands))
-    np.testing.assert_array_equal(covered, np.arange(2 * detector.n_mels))
+    np.testing.assert_array_equal(covered, np.arange(2 * detector.n_mels // detector.mel_pool))
+
+
+def test_feature_views_are_scored_and_standardised_separately(tiny_slider):
+    train, test = tiny_slider
+    detector = create(
+        "memory-bank",
+        **SMALL,
+        per_id=False,
+        feature="logmel-patch,logmel-impulse,logmel-modulation",
+        mel_pool=2,
+        view_groups=8,
+        modulation_bins=6,
+        subbands=2,
+    ).fit(train)
+    # Two sub-bands of the 64 pooled patch bands, then one band per other view.
+    widths = [len(b) for b in detector.bands_]
+    assert widths == [64, 64, 5 * 8, 8 * 6]
+    np.testing.assert_array_equal(detector.view_of_band_, [0, 0, 1, 2])
+    np.testing.assert_array_equal(np.sort(np.concatenate(detector.bands_)), np.arange(sum(widths)))
+    assert len(detector.units_) == 4 and (detector.loo_std_ > 0).all()
+    # The fused score is the mean of the views' scores (max over the patch sub-bands).
+    n_clips = len(test)
+    raws = detector._raw(test)
+    x, owners = detector._featurise(raws)
+    per_band = [
+        (detector._unit_scores(unit, x[:, cols], owners, n_clips) - m) / s
+        for unit, cols, m, s in zip(
+            detector.units_, detector.bands_, detector.loo_mean_, detector.loo_std_, strict=True
+        )
+    ]
+    expected = np.mean([np.maximum(per_band[0], per_band[1]), per_band[2], per_band[3]], axis=0)
+    np.testing.assert_allclose(detector.score(test), expected)
+
+
+def test_level_norm_in_few_shot_banks_ignores_loudness(tiny_slider, tmp_path: Path):
+    train, test = tiny_slider
+    few = create("memory-bank", **SMALL, per_id=False, level_norm="few").fit(train)
+    # 16 training clips (less the held-out ones) are fewer than augment_below=20.
+    assert few.level_norm_active_
+    raws = few._raw(test)
+    louder = [r + 6.0 for r in raws]
+    # (float32 log-mels: equal up to rounding)
+    np.testing.assert_allclose(few._score_raws(louder), few._score_raws(raws), atol=1e-4)
+    loaded = Detector.load(few.save(tmp_path / "few.safetensors"))
+    assert loaded.level_norm_active_
+    np.testing.assert_allclose(loaded.score(test), few.score(test))
+    # Larger banks (here: augment_below lowered) and level_norm=off keep the level.
+    for params in ({"augment_below": 2}, {"level_norm": "off"}):
+        plain = create("memory-bank", **SMALL, per_id=False, **params).fit(train)
+        assert not plain.level_norm_active_
+        assert not np.allclose(plain._score_raws(louder), plain._score_raws(raws))
 
 
 def test_augmentation_grows_the_bank_and_keeps_copies_out_of_their_fold(tiny_slider):
@@ -228,6 +319,18 @@ def test_bad_combinations_are_refused():
         create("memory-bank", backends="knn,nope")
     with pytest.raises(ConfigError, match="augment_ops must be"):
         create("memory-bank", augment_ops="")
+    with pytest.raises(ConfigError, match="does not divide"):
+        create("memory-bank", mel_pool=3)
+    with pytest.raises(ConfigError, match="feature must be"):
+        create("memory-bank", feature="logmel-patch,nope")
+    with pytest.raises(ConfigError, match="twice"):
+        create("memory-bank", feature="logmel-patch,logmel-patch")
+    with pytest.raises(ConfigError, match="several feature views"):
+        create("memory-bank", feature="logmel-patch,efficientat")
+    with pytest.raises(ConfigError, match="several feature views"):
+        create("memory-bank", feature="logmel-patch,logmel-impulse", level="frame")
+    with pytest.raises(ConfigError, match="level=clip"):
+        create("memory-bank", feature="logmel-impulse", level="frame")
 
 
 @pytest.mark.parametrize("level", ["clip", "frame"])
