@@ -95,6 +95,9 @@ def test_ten_clips_per_id_fit_and_score_or_refuse(name, make_tiny, few_shot, cap
         assert any(POOLED_REFERENCE in m for m in messages)
     if name in ("id-classifier", "attribute-classifier", "ensemble"):
         assert any("random crops per clip" in m for m in messages)
+    if name in ("memory-bank", "domain-memory-bank"):
+        # once per fit, although every ID and every cross-fitting fold has its own bank
+        assert sum("gets the few-shot design" in m for m in messages) == 1
 
 
 def test_enough_held_out_clips_still_choose_the_epoch(make_tiny, few_shot, caplog):

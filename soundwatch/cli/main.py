@@ -1258,8 +1258,12 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--threads must be >= 0")
     if args.threads:
         import torch
+        from threadpoolctl import threadpool_limits
 
         torch.set_num_threads(args.threads)
+        # NumPy/SciPy's BLAS was loaded already (OMP_NUM_THREADS is read at load time):
+        # without a limit, its threads contend with everything else on a busy machine.
+        threadpool_limits(args.threads)
         # Child processes (bench) start with the same setting.
         os.environ["OMP_NUM_THREADS"] = str(args.threads)
     if (

@@ -11,10 +11,12 @@ threshold, timing, and the model file. A detector may also implement
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -38,6 +40,35 @@ from soundwatch.thresholds import (
 )
 
 logger = logging.getLogger(__name__)
+
+# Keys of the notices already given within the current top-level ``Detector.fit``.
+_NOTICES: ContextVar[set[str] | None] = ContextVar("soundwatch_fit_notices", default=None)
+
+
+@contextlib.contextmanager
+def notice_scope() -> Iterator[None]:
+    """Within the outermost ``fit`` (with its per-ID and cross-fitting fold models),
+    :func:`notice` gives each notice once."""
+    if _NOTICES.get() is not None:
+        yield
+        return
+    token = _NOTICES.set(set())
+    try:
+        yield
+    finally:
+        _NOTICES.reset(token)
+
+
+def notice(log: logging.Logger, key: str, message: str, *args: Any) -> None:
+    """Warn with ``message`` unless a notice of ``key`` was given in this fit already:
+    one line for what every per-ID or fold model of a fit would otherwise repeat."""
+    seen = _NOTICES.get()
+    if seen is not None:
+        if key in seen:
+            return
+        seen.add(key)
+    log.warning(message, *args)
+
 
 #: Key of clips without a machine ID wherever clips are grouped by ID (splits, models).
 NO_ID = ""
@@ -276,7 +307,10 @@ class Detector(ABC):
         ConfigError
             No clips, anomalous clips, or fewer than ``min_train_clips`` per model.
         """
-        clips = list(clips)
+        with notice_scope():
+            return self._fit_checked(list(clips), calibration_clips)
+
+    def _fit_checked(self, clips: list[Clip], calibration_clips: Sequence[Clip] | None) -> Detector:
         if not clips:
             raise ConfigError(f"{self.name}: no training clips")
         n_anomalous = sum(c.label == ANOMALY for c in clips)

@@ -21,7 +21,7 @@ import numpy as np
 from soundwatch.data.clips import Clip
 from soundwatch.detectors.bank_features import impulse_stats, modulation_spectrum
 from soundwatch.detectors.bank_scorers import greedy_coreset
-from soundwatch.detectors.base import Detector
+from soundwatch.detectors.base import Detector, notice
 from soundwatch.detectors.frontend import LOGMEL_PARAMS, LogMelFrontend
 from soundwatch.detectors.params import Param, override, parse_channel
 from soundwatch.detectors.registry import register
@@ -304,6 +304,9 @@ class MemoryBankDetector(LogMelFrontend, Detector):
 
     name = "memory-bank"
     params = MEMORY_BANK_PARAMS
+    # Fitting a bank takes seconds, so fold models are cheap: the threshold comes from
+    # out-of-fold scores and the bank holds every training clip.
+    cross_fit_calibration = True
 
     def __init__(self, **params: Any) -> None:
         super().__init__(**params)
@@ -510,11 +513,12 @@ class MemoryBankDetector(LogMelFrontend, Detector):
         self.n_domain_clips_ = {d: len(by_domain[d]) for d in DOMAINS}
         missing = [d for d in DOMAINS if not by_domain[d]]
         if missing:
-            logger.warning(
-                "%s: no %s-domain training clips among %d; scoring with one bank",
+            notice(
+                logger,
+                "one bank",
+                "%s: no %s-domain training clips; scoring with one bank",
                 self.name,
                 missing[0],
-                len(train),
             )
 
     # ----------------------------------------------------------------- hooks
@@ -538,6 +542,23 @@ class MemoryBankDetector(LogMelFrontend, Detector):
         self.level_norm_active_ = self.feature != "efficientat" and (
             self.level_norm == "on" or (self.level_norm == "few" and few)
         )
+        if few and (self.augment or self.level_norm_active_):
+            done = [f"{self.augment} altered copies of each clip"] if self.augment else []
+            done += ["each clip's mean level removed"] if self.level_norm_active_ else []
+            why = (
+                "augment_below=0: every bank"
+                if self.augment_below == 0
+                else f"fewer than augment_below={self.augment_below}"
+            )
+            notice(
+                logger,
+                "few clips",
+                "%s: a bank of %d clips (%s) gets the few-shot design: %s",
+                self.name,
+                len(raws),
+                why,
+                " and ".join(done),
+            )
         augmented, sources = augment_arrays(
             raws,
             self.augment if few else 0,
