@@ -215,6 +215,9 @@ class Detector(ABC):
     #: Fewest training clips one model (one per machine ID with ``per_id``) is fitted
     #: on; :meth:`fit` refuses fewer before any work, one more when cross-fitting.
     min_train_clips: ClassVar[int] = 1
+    #: With fewer training clips per model than this, :meth:`fit` warns that the
+    #: detector scored near chance in the few-shot regime (0: never).
+    near_chance_below: ClassVar[int] = 0
 
     def __init__(self, **params: Any) -> None:
         spec = self.param_spec()
@@ -326,6 +329,7 @@ class Detector(ABC):
             calibration_clips is None and self.uses_cross_fit and len(clips) >= MIN_CLIPS_CROSS_FIT
         )
         self._check_enough_clips(clips, cross_fit)
+        self._warn_near_chance(clips)
         if cross_fit:
             out_of_fold = self._cross_fit_scores(clips)
             train, valid = clips, []
@@ -368,6 +372,31 @@ class Detector(ABC):
         }
         return self
 
+    def _clips_per_model(self, clips: list[Clip]) -> dict[str, int]:
+        """Training clips of each model: per machine ID with ``per_id``, else pooled."""
+        if not self.per_id:
+            return {POOLED: len(clips)}
+        counts: dict[str, int] = {}
+        for clip in clips:
+            counts[id_key(clip)] = counts.get(id_key(clip), 0) + 1
+        return counts
+
+    def _warn_near_chance(self, clips: list[Clip]) -> None:
+        """One line when the models get fewer clips than :attr:`near_chance_below`."""
+        fewest = min(self._clips_per_model(clips).values())
+        if fewest < self.near_chance_below:
+            notice(
+                logger,
+                "near chance",
+                "%s: %d training clips per model; with fewer than %d this detector scored "
+                "near chance (mean AUC below 0.65) in the 10-clips-per-ID regime of the "
+                "synthetic benchmarks (README: Few normal clips); memory-bank is built for "
+                "few clips",
+                self.name,
+                fewest,
+                self.near_chance_below,
+            )
+
     def _check_enough_clips(self, clips: list[Clip], cross_fit: bool) -> None:
         """ConfigError unless every model gets ``min_train_clips`` training clips (one
         more when cross-fitting, whose fold models leave clips out)."""
@@ -376,9 +405,7 @@ class Detector(ABC):
             return
         how = " when cross-fitting the calibration" if cross_fit else ""
         if self.per_id:
-            counts: dict[str, int] = {}
-            for clip in clips:
-                counts[id_key(clip)] = counts.get(id_key(clip), 0) + 1
+            counts = self._clips_per_model(clips)
             fewest = min(sorted(counts), key=counts.__getitem__)
             if counts[fewest] < need:
                 where = f"machine ID {fewest}" if fewest else "the clips without an ID"

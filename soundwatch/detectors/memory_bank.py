@@ -553,7 +553,7 @@ class MemoryBankDetector(LogMelFrontend, Detector):
             notice(
                 logger,
                 "few clips",
-                "%s: a bank of %d clips (%s) gets the few-shot design: %s",
+                "%s: a bank of %d clip(s) (%s) gets the few-shot design: %s",
                 self.name,
                 len(raws),
                 why,

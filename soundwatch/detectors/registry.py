@@ -19,7 +19,7 @@ _PACKAGE = "soundwatch.detectors"
 
 #: The detector of ``evaluate``, ``train``, ``demo``, the Python API and fleet configs
 #: when none is named; why this one: the README's "Choosing a detector".
-DEFAULT_DETECTOR = "logmel-mahalanobis"
+DEFAULT_DETECTOR = "memory-bank"
 
 #: Built-in detectors: name -> (module that registers it, one-line summary). The summary
 #: lives here, not on the class, so that listing needs no import; :func:`register` copies
@@ -92,7 +92,7 @@ BUILTIN: dict[str, tuple[str, str]] = {
     ),
     "logmel-mahalanobis": (
         f"{_PACKAGE}.mahalanobis",
-        "fast default: Ledoit-Wolf Mahalanobis distance of clip log-mel statistics",
+        "fast baseline: Ledoit-Wolf Mahalanobis distance of clip log-mel statistics",
     ),
     "lstm-predictor": (
         f"{_PACKAGE}.recurrent",
@@ -100,8 +100,8 @@ BUILTIN: dict[str, tuple[str, str]] = {
     ),
     "memory-bank": (
         f"{_PACKAGE}.memory_bank",
-        "training-free memory bank of log-mel or EfficientAT features; kNN, LDN-kNN, "
-        "Mahalanobis or PCA-residual backends, coreset, sub-bands, leave-out fusion",
+        "default: training-free memory bank of log-mel or EfficientAT features; kNN, "
+        "LDN-kNN, Mahalanobis or PCA-residual backends, coreset, sub-bands, leave-out fusion",
     ),
     "mlp-ae": (
         f"{_PACKAGE}.mlp_ae",

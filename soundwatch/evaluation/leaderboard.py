@@ -332,14 +332,14 @@ def regimes_table(machine_type: str, full: list[dict], few: list[dict], n: int) 
     full_by_name = {r["detector"]: r for r in full}
     few_by_name = {r["detector"]: r for r in few}
     names = list(full_by_name) + [name for name in few_by_name if name not in full_by_name]
-    metrics = [
-        ("AUC", "mean_auc"),
-        ("pAUC", "mean_pauc"),
-        ("fit s", "fit_seconds"),
-        ("peak MiB", "peak_memory_mb"),
+    metrics = [  # label, key, decimals
+        ("AUC", "mean_auc", 4),
+        ("pAUC", "mean_pauc", 4),
+        ("fit s", "fit_seconds", 1),
+        ("peak MiB", "peak_memory_mb", 0),
     ]
     regimes = ("full", f"{n}-shot")
-    header = ["detector"] + [f"{regime} {label}" for label, _ in metrics for regime in regimes]
+    header = ["detector"] + [f"{regime} {label}" for label, _, _ in metrics for regime in regimes]
     lines = [
         f"# {machine_type}: full training set and {n} training normals per ID",
         "",
@@ -348,10 +348,14 @@ def regimes_table(machine_type: str, full: list[dict], few: list[dict], n: int) 
     ]
     for name in names:
         cells = [name]
-        for _, key in metrics:
+        for _, key, decimals in metrics:
             for rows in (full_by_name, few_by_name):
                 row = rows.get(name, {})
-                cells.append("failed" if row.get("error") else _fmt(row.get(key)))
+                value = row.get(key)
+                if row.get("error"):
+                    cells.append("failed")
+                else:
+                    cells.append("" if value is None else f"{value:.{decimals}f}")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
