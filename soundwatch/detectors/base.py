@@ -427,11 +427,7 @@ class Detector(ABC):
         )
         if not valid or not chooses_epoch:
             return valid
-        counts: dict[str, int] = {}
-        for clip in valid:
-            key = id_key(clip) if self.per_id else POOLED
-            counts[key] = counts.get(key, 0) + 1
-        fewest = min(counts.values())
+        fewest = min(self._clips_per_model(valid).values())
         if fewest >= MIN_VALIDATION_CLIPS:
             return valid
         per_model = " per machine ID" if self.per_id else ""
