@@ -53,23 +53,16 @@ def test_rank_orders_by_auc_and_puts_failures_last():
     assert rows[0]["auc_kind_click"] == 0.8 and "auc_kind_click" not in rows[1]
 
 
+def bench(root, out, detectors: str, param: str) -> int:
+    """``soundwatch bench`` of ``detectors`` on slider data under ``root`` into ``out``."""
+    argv = ["bench", str(root), "--machine", "slider", "--detectors", detectors]
+    return main([*argv, "--param", param, "--out", str(out)])
+
+
 @pytest.mark.slow
 def test_bench_writes_three_leaderboard_files(capsys, tiny_slider_root, tmp_path):
     out = tmp_path / "bench"
-    code = main(
-        [
-            "bench",
-            str(tiny_slider_root),
-            "--machine",
-            "slider",
-            "--detectors",
-            "logmel-mahalanobis,dcase2020-ae",
-            "--param",
-            "dcase2020-ae.epochs=1",
-            "--out",
-            str(out),
-        ]
-    )
+    code = bench(tiny_slider_root, out, "logmel-mahalanobis,dcase2020-ae", "dcase2020-ae.epochs=1")
     captured = capsys.readouterr()
     assert code == 0, captured.err
     assert "few-shot regime skipped: ID 00 has 8 training normals" in captured.err
@@ -88,23 +81,7 @@ def test_bench_writes_three_leaderboard_files(capsys, tiny_slider_root, tmp_path
     # A second run with the same settings reuses the results instead of training again,
     # and the leaderboard keeps the row of the detector not chosen this time.
     before = (out / "dcase2020-ae" / "result.json").stat().st_mtime_ns
-    assert (
-        main(
-            [
-                "bench",
-                str(tiny_slider_root),
-                "--machine",
-                "slider",
-                "--detectors",
-                "dcase2020-ae",
-                "--param",
-                "epochs=1",
-                "--out",
-                str(out),
-            ]
-        )
-        == 0
-    )
+    assert bench(tiny_slider_root, out, "dcase2020-ae", "epochs=1") == 0
     assert "dcase2020-ae: skipped (same settings)" in capsys.readouterr().err
     assert (out / "dcase2020-ae" / "result.json").stat().st_mtime_ns == before
     rows = {r["detector"]: r for r in csv.DictReader((out / "leaderboard.csv").open())}
@@ -112,23 +89,7 @@ def test_bench_writes_three_leaderboard_files(capsys, tiny_slider_root, tmp_path
     assert rows["logmel-mahalanobis"]["settings"] == "not in this bench"
 
     # Changed parameters rerun the detector instead of passing off the old result.
-    assert (
-        main(
-            [
-                "bench",
-                str(tiny_slider_root),
-                "--machine",
-                "slider",
-                "--detectors",
-                "dcase2020-ae",
-                "--param",
-                "epochs=2",
-                "--out",
-                str(out),
-            ]
-        )
-        == 0
-    )
+    assert bench(tiny_slider_root, out, "dcase2020-ae", "epochs=2") == 0
     err = capsys.readouterr().err
     assert "reran (settings changed: params (epochs))" in err and "fit " in err
     result = json.loads((out / "dcase2020-ae" / "result.json").read_text())

@@ -18,14 +18,13 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
 from soundwatch.detectors.registry import create, get, names
 from soundwatch.errors import ConfigError
 from soundwatch.evaluation.fingerprint import differences, fingerprint
-from soundwatch.evaluation.protocol import RESULT_FILE, training_clips
+from soundwatch.evaluation.protocol import RESULT_FILE, smallest_id, training_clips
 from soundwatch.fileio import atomic_write_text, check_writable
 
 # The ``settings`` column: this bench's settings, or how a row's differ.
@@ -298,10 +297,8 @@ def bench_regimes(
         raise ConfigError(f"--few-shot must be 0 (off) or a number of clips, got {few_shot}")
     few_rows = None
     if few_shot:
-        counts = Counter((c.machine_id, c.domain) for c in training_clips(root, machine_type))
-        (mid, domain), smallest = min(counts.items(), key=lambda item: item[1])
+        where, smallest = smallest_id(training_clips(root, machine_type))
         if smallest <= few_shot:
-            where = f"ID {mid}" + (f" ({domain})" if domain else "")
             print(
                 f"few-shot regime skipped: {where} has {smallest} training normals, "
                 f"not more than --few-shot {few_shot}",

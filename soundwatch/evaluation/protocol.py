@@ -92,6 +92,21 @@ def training_clips(root: Path, machine_type: str | None) -> list[Clip]:
     return train
 
 
+def clips_per_id(clips: list[Clip]) -> dict[tuple[str | None, str | None], list[Clip]]:
+    """Clips grouped by machine ID (DCASE 2021+: by section and domain), each group in
+    file-name order."""
+    groups: dict[tuple[str | None, str | None], list[Clip]] = {}
+    for clip in sorted(clips, key=lambda c: c.path.name):
+        groups.setdefault((clip.machine_id, clip.domain), []).append(clip)
+    return groups
+
+
+def smallest_id(clips: list[Clip]) -> tuple[str, int]:
+    """The machine ID (and domain) with the fewest clips, as words, and its count."""
+    (mid, domain), group = min(clips_per_id(clips).items(), key=lambda item: len(item[1]))
+    return f"ID {mid}" + (f" ({domain})" if domain else ""), len(group)
+
+
 def first_per_id(clips: list[Clip], n: int) -> list[Clip]:
     """The first ``n`` clips of each machine ID (DCASE 2021+: of each section and
     domain) by file name: the few-shot regime of a full training set.
@@ -107,15 +122,10 @@ def first_per_id(clips: list[Clip], n: int) -> list[Clip]:
     """
     if n < 1:
         raise ConfigError(f"--n-train must be at least 1, got {n}")
-    groups: dict[tuple, list[Clip]] = {}
-    for clip in sorted(clips, key=lambda c: c.path.name):
-        groups.setdefault((clip.machine_id, clip.domain), []).append(clip)
-    short = {key: len(group) for key, group in groups.items() if len(group) < n}
-    if short:
-        (mid, domain), count = min(short.items(), key=lambda item: item[1])
-        where = f"ID {mid}" + (f" ({domain})" if domain else "")
+    where, count = smallest_id(clips)
+    if count < n:
         raise ConfigError(f"--n-train {n}: {where} has only {count} training normals")
-    return [clip for group in groups.values() for clip in group[:n]]
+    return [clip for group in clips_per_id(clips).values() for clip in group[:n]]
 
 
 def _relative(path: Path, root: Path) -> str:
